@@ -1,0 +1,59 @@
+"""Base-model families (SD1.5, SD2, SDXL) and how other tools name them.
+
+A family is recognised by the width of the UNet's cross-attention context: the text
+embedding that every attn2.to_k / to_v layer reads (768 for SD1.5, 1024 for SD2,
+2048 for SDXL). Any other width is a custom model, named by its width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Family:
+    key: str  # what Emplace writes in its own metadata
+    name: str  # what people call it
+    context_dim: int
+    resolution: int
+    kohya_base_version: str  # ss_base_model_version
+    modelspec_architecture: str  # modelspec.architecture, before "/lora"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+SD15 = Family("sd15", "SD1.5", 768, 512, "sd_v1", "stable-diffusion-v1")
+SD2 = Family("sd2", "SD2", 1024, 768, "sd_v2", "stable-diffusion-v2-768-v")
+SDXL = Family("sdxl", "SDXL", 2048, 1024, "sdxl_base_v1-0", "stable-diffusion-xl-v1-base")
+KNOWN = (SD15, SD2, SDXL)
+
+
+def custom_family(context_dim: int) -> Family:
+    """A model outside the known families (the tiny test models, for instance)."""
+    return Family(f"context{context_dim}", f"a custom model (context width {context_dim})",
+                  context_dim, 0, "", "")
+
+
+def family_for_context_dim(context_dim: int) -> Family:
+    for family in KNOWN:
+        if family.context_dim == context_dim:
+            return family
+    return custom_family(context_dim)
+
+
+def family_from_name(text: str) -> Family | None:
+    """Recognise a family from Emplace, kohya (ss_base_model_version) or modelspec names."""
+    t = text.lower()
+    for family in KNOWN:
+        if t == family.key or t.startswith(family.kohya_base_version) or t.startswith(family.modelspec_architecture):
+            return family
+    if t.startswith("context") and t[len("context"):].isdigit():
+        return custom_family(int(t[len("context"):]))
+    if "xl" in t:
+        return SDXL
+    if "v2" in t or "sd2" in t:
+        return SD2
+    if "v1" in t or "sd1" in t:
+        return SD15
+    return None
