@@ -22,6 +22,10 @@ class Family:
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def described(self) -> str:
+        return f"{self.name} (cross-attention width {self.context_dim})"
+
 
 SD15 = Family("sd15", "SD1.5", 768, 512, "sd_v1", "stable-diffusion-v1")
 SD2 = Family("sd2", "SD2", 1024, 768, "sd_v2", "stable-diffusion-v2-768-v")
@@ -31,7 +35,7 @@ KNOWN = (SD15, SD2, SDXL)
 
 def custom_family(context_dim: int) -> Family:
     """A model outside the known families (the tiny test models, for instance)."""
-    return Family(f"context{context_dim}", f"a custom model (context width {context_dim})",
+    return Family(f"context{context_dim}", "a custom model",
                   context_dim, 0, "", "")
 
 

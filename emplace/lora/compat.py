@@ -37,9 +37,8 @@ def check_family(lora: Lora, model_context_dim: int | None, lora_name: str, mode
     model_fam = family_for_context_dim(model_context_dim)
     if lora_fam.context_dim != model_fam.context_dim:
         raise LoraMismatchError(
-            f"LoRA '{lora_name}' was made for {lora_fam} (cross-attention width {lora_fam.context_dim}), "
-            f"but {model_name} is {model_fam} (width {model_fam.context_dim}). "
-            f"Use a LoRA trained on {model_fam}, or load the {lora_fam} checkpoint it was made for.")
+            f"LoRA '{lora_name}' was made for {lora_fam.described}, but {model_name} is {model_fam.described}. "
+            f"Use a LoRA made for {model_fam.name}, or the {lora_fam.name} model this LoRA was made for.")
 
 
 def check_targets(lora: Lora, targets: Mapping[str, Sequence[int]], lora_name: str,
