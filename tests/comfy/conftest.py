@@ -76,3 +76,26 @@ def tiny(comfy):
     from tiny_comfy import tiny_clip, tiny_model, tiny_vae
 
     return SimpleNamespace(model=tiny_model(), clip=tiny_clip(), vae=tiny_vae())
+
+
+@pytest.fixture(scope="session")
+def server(comfy, tmp_path_factory):
+    """A headless ComfyUI with this pack, an SD1.5-shaped random checkpoint and two LoRAs for it."""
+    import comfy.sd
+    from lora_fixtures import peft_state_dict, write_emplace_lora, write_peft_lora
+    from sd15_checkpoint import write_sd15_checkpoint
+    from comfy_server import ComfyServer
+
+    base = tmp_path_factory.mktemp("comfy_server")
+    srv = ComfyServer(COMFYUI, PACK_ROOT, base)
+    try:
+        ckpt = write_sd15_checkpoint(base / "checkpoints" / "tiny_sd15.safetensors")
+        model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(ckpt))
+        layers = peft_state_dict(model, clip, std=0.05)
+        write_emplace_lora(base / "loras" / "emplace_dpo.safetensors", layers, context_dim=768)
+        write_peft_lora(base / "loras" / "peft_dpo.safetensors", layers)
+        del model, clip
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()

@@ -1,0 +1,1 @@
+"""Emplace's sidecar trainer: `python -m trainer <command>`."""

@@ -1,0 +1,27 @@
+"""python -m trainer <command> [options]; `python -m trainer <command> --help` for each command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import lora_commands
+
+COMMANDS = [lora_commands]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description="Emplace's sidecar trainer.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for module in COMMANDS:
+        module.register(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
