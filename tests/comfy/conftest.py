@@ -46,13 +46,13 @@ def find_comfyui() -> tuple[Path | None, str]:
 COMFYUI, SKIP_REASON = find_comfyui()
 
 
-def pytest_collection_modifyitems(config, items):
-    if COMFYUI is not None:
-        return
-    skip = pytest.mark.skip(reason=f"tier 2 skipped: {SKIP_REASON}")
-    for item in items:
-        if HERE in Path(str(item.fspath)).parents:
-            item.add_marker(skip)
+def pytest_ignore_collect(collection_path, config):
+    return COMFYUI is None and HERE in (collection_path, *collection_path.parents)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if COMFYUI is None:
+        terminalreporter.write_line(f"tier 2 skipped: {SKIP_REASON}", yellow=True)
 
 
 @pytest.fixture(scope="session")
