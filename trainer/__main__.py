@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import lora_commands
+from . import lora_commands, toy_inpaint
 
-COMMANDS = [lora_commands]
+COMMANDS = [lora_commands, toy_inpaint]
 
 
 def main(argv: list[str] | None = None) -> int:
