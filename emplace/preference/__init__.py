@@ -1,0 +1,1 @@
+"""Preference data and losses (Diffusion-DPO family)."""
