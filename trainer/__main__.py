@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import lora_commands, scenes, shape_classifier, toy_inpaint
+from . import demo, lora_commands, scenes, shape_classifier, toy_inpaint
 
-COMMANDS = [lora_commands, scenes, toy_inpaint, shape_classifier]
+COMMANDS = [demo, scenes, toy_inpaint, shape_classifier, lora_commands]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,105 @@
+"""`python -m trainer scenes <kind>`: every kind writes what its readers expect."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from emplace.scenes.datasets.files import load_image
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def scenes(kind, out, n=3, size=64):
+    result = subprocess.run([sys.executable, "-m", "trainer", "scenes", kind, "--out", str(out), "--n", str(n),
+                             "--seed", "3", "--size", str(size)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+def parse_xywh(text):
+    return [float(v) for v in text.strip("[]").split(",")]
+
+
+def test_location_is_in_opa_layout_with_positives_and_negatives(tmp_path):
+    out = scenes("location", tmp_path / "loc", n=4)
+    rows = list(csv.DictReader(open(out / "train_set.csv"))) + list(csv.DictReader(open(out / "test_set.csv")))
+    assert list(rows[0]) == ["fg_id", "bg_id", "position", "scale", "label", "img_name", "mask_name"]
+    assert {r["label"] for r in rows} == {"0", "1"}
+    for r in rows:
+        x, y, w, h = parse_xywh(r["position"])
+        assert w > 0 and h > 0 and 0 <= x and x + w <= 64 and 0 <= y and y + h <= 64
+        assert (out / "composite" / r["img_name"]).is_file() and (out / "composite" / r["mask_name"]).is_file()
+        assert len(list(out.glob(f"background/*/{r['bg_id']}.jpg"))) == 1
+
+
+def test_removal_pairs_differ_only_around_the_object(tmp_path):
+    out = scenes("removal", tmp_path / "rm")
+    for row in map(json.loads, open(out / "pairs.jsonl")):
+        with_obj, without = load_image(out / row["source"]), load_image(out / row["target"])
+        x0, y0, x1, y1 = (int(v) for v in row["box"])
+        changed = (with_obj - without).abs().amax(0) > 0.1
+        inside = changed[max(y0 - 1, 0):y1 + 1, max(x0 - 1, 0):x1 + 1].sum()
+        assert inside > 0.8 * changed.sum() and row["instruction"].startswith("remove the ")
+
+
+def test_preference_winner_and_loser_agree_outside_the_mask(tmp_path):
+    out = scenes("preference", tmp_path / "pref", n=4)
+    rows = [json.loads(line) for line in open(out / "pairs.jsonl")]
+    assert len(rows) == 8 and len({r["group"] for r in rows}) == 4
+    for r in rows:
+        mask = load_image(out / r["mask"])[0] > 0.5
+        winner, loser = load_image(out / r["winner"][0]), load_image(out / r["loser"])
+        assert torch.equal(winner[:, ~mask], loser[:, ~mask])
+        assert (winner[:, mask] - loser[:, mask]).abs().max() > 0.05
+        assert len(r["winner"]) == 2 and r["prompt"]
+
+
+def test_multiview_records_have_a_masked_target_view_and_references(tmp_path):
+    out = scenes("multiview", tmp_path / "mv")
+    for r in map(json.loads, open(out / "records.jsonl")):
+        assert len(r["views"]) == 2 and len(r["cameras"]) == 2 and r["cameras"][0]["yaw"] != r["cameras"][1]["yaw"]
+        mask = load_image(out / r["mask"])[0] > 0.5
+        truth, given = load_image(out / r["views"][0]), load_image(out / r["input"])
+        assert torch.equal(truth[:, ~mask], given[:, ~mask]) and mask.any()
+
+
+def test_layouts_respect_their_skill_and_split(tmp_path):
+    out = scenes("layout", tmp_path / "lay", n=2)
+    for skill in ("number", "position", "size", "shape"):
+        for split in ("id", "ood"):
+            rows = [json.loads(line) for line in open(out / f"{skill}_{split}" / "layouts.jsonl")]
+            assert len(rows) == 2
+            for r in rows:
+                boxes = [o["box"] for o in r["objects"]]
+                if skill == "number":
+                    assert (len(boxes) >= 6) == (split == "ood")
+                if skill == "position":
+                    central = [0.2 * 64 <= (b[0] + b[2]) / 2 <= 0.8 * 64 for b in boxes]
+                    assert (not any(central)) if split == "ood" else all(central)
+
+
+def test_bad_arguments_are_one_clear_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "trainer", "scenes", "location", "--out", str(tmp_path),
+                             "--size", "512"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--size must be between 64 and 256" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["floating", "too_large", "too_small", "sunk", "overlapping"])
+def test_negative_placements_are_what_they_say(kind):
+    from emplace.scenes.datasets.placements import implausible_variant
+    from emplace.scenes.world import Scene, SceneObject, fits
+
+    obj = SceneObject(0, 0, 1, 0, 0.0, 0.0)
+    other = SceneObject(1, 1, 1, 0, 2.0, 0.0)
+    v = implausible_variant(torch.Generator().manual_seed(0), obj, kind, Scene((other,)))
+    assert not v.rests_on_ground or not fits(v, [other])
+    if kind == "too_large":
+        assert v.scale >= 1.5
+    if kind == "too_small":
+        assert v.scale <= 1 / 1.5
