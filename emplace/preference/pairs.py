@@ -1,0 +1,101 @@
+"""Preference pair data sets: a folder with `pairs.jsonl`, checked line by line before training.
+
+One JSON object per line, paths relative to the folder:
+
+    {"prompt": "large red metal cube",
+     "winner": "w.png" or ["w1.png", "w2.png"],      several winners: shared commonality
+     "loser": "l.png",
+     "mask": "m.png",                                 optional: the inpainting mask (white = inpaint)
+     "object_mask": "o.png",                          optional: the object's pixels (MaskDPO's foreground)
+     "crop_winner": [x0, y0, x1, y1], "crop_loser": [...],   optional: fixed differential crops
+     "group": "g1"}                                   optional: lines of one condition
+
+Every bad line is reported with its number and reason, all at once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class PairDataError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    line: int
+    prompt: str
+    winners: tuple[Path, ...]
+    loser: Path
+    mask: Path | None = None
+    object_mask: Path | None = None
+    crop_winner: tuple[int, int, int, int] | None = None
+    crop_loser: tuple[int, int, int, int] | None = None
+    group: str = ""
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+def _path(folder: Path, value, name: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"'{name}' must be a file path, got {value!r}")
+    path = (folder / value).resolve()
+    if not path.is_file():
+        raise ValueError(f"'{name}' file {value} does not exist")
+    return path
+
+
+def _crop(value, name: str) -> tuple[int, int, int, int] | None:
+    if value is None:
+        return None
+    if not (isinstance(value, list) and len(value) == 4 and all(isinstance(v, int) for v in value)
+            and value[2] > value[0] and value[3] > value[1]):
+        raise ValueError(f"'{name}' must be [x0, y0, x1, y1] whole pixels with x1 > x0 and y1 > y0, got {value!r}")
+    return tuple(value)
+
+
+def parse_line(folder: Path, number: int, text: str) -> PreferencePair:
+    row = json.loads(text)
+    if not isinstance(row, dict):
+        raise ValueError("a line must be a JSON object")
+    prompt = row.get("prompt", row.get("caption"))
+    if not isinstance(prompt, str):
+        raise ValueError("'prompt' is missing or not text")
+    for key in ("winner", "loser"):
+        if key not in row:
+            raise ValueError(f"'{key}' is missing")
+    winners = row["winner"] if isinstance(row["winner"], list) else [row["winner"]]
+    if not winners:
+        raise ValueError("'winner' is an empty list")
+    known = {"prompt", "caption", "winner", "loser", "mask", "object_mask", "crop_winner", "crop_loser", "group"}
+    return PreferencePair(
+        number, prompt, tuple(_path(folder, w, "winner") for w in winners), _path(folder, row["loser"], "loser"),
+        _path(folder, row["mask"], "mask") if row.get("mask") else None,
+        _path(folder, row["object_mask"], "object_mask") if row.get("object_mask") else None,
+        _crop(row.get("crop_winner"), "crop_winner"), _crop(row.get("crop_loser"), "crop_loser"),
+        str(row.get("group", "")), {k: v for k, v in row.items() if k not in known})
+
+
+def load_pairs(folder: str | Path) -> list[PreferencePair]:
+    folder = Path(folder)
+    path = folder / "pairs.jsonl"
+    if not path.is_file():
+        raise PairDataError(f"no pairs.jsonl in '{folder}'")
+    pairs, problems = [], []
+    for number, text in enumerate(path.read_text().splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            pairs.append(parse_line(folder, number, text))
+        except json.JSONDecodeError as e:
+            problems.append(f"line {number}: not JSON ({e.msg})")
+        except ValueError as e:
+            problems.append(f"line {number}: {e}")
+    if problems:
+        shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise PairDataError(f"{path}: {len(problems)} bad line(s):\n  {shown}")
+    if not pairs:
+        raise PairDataError(f"{path} has no pairs")
+    return pairs
