@@ -231,13 +231,13 @@ def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, re
         drop = rep(torch.rand(b, generator=g) < config.empty_prompt)[:, None, None]
         kwargs["encoder_hidden_states"] = torch.where(drop, batch["empty_text"][:1], kwargs["encoder_hidden_states"])
 
-    pred = unet(noisy, t_all, **kwargs).sample
-    err = (pred.float() - target.float()) ** 2
-    with torch.no_grad():
+    with torch.no_grad():  # the reference first: toggling the adapter must not touch the policy's graph
         reference_unet.disable_adapters()
         ref = reference_unet(noisy, t_all, **kwargs).sample
         reference_unet.enable_adapters()
     ref_err = (ref.float() - target.float()) ** 2
+    pred = unet(noisy, t_all, **kwargs).sample
+    err = (pred.float() - target.float()) ** 2
     e_w, e_l = err[: b * k].unflatten(0, (b, k)), err[b * k:]
     r_w, r_l = ref_err[: b * k].unflatten(0, (b, k)), ref_err[b * k:]
     m = config.method
