@@ -8,7 +8,6 @@ pipelines do). Nothing is fetched: every part must be in the local folder.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -149,7 +148,3 @@ def load_backend(path: str | Path, resolution: int | None = None) -> Backend:
     raise ModelFolderError(f"'{path}' is neither an Emplace toy model nor a diffusers SD folder "
                            f"(found: {', '.join(sorted(p.name for p in path.iterdir())[:8]) or 'nothing'})")
 
-
-def describe(backend: Backend) -> str:
-    return json.dumps({"family": backend.family.key, "resolution": backend.resolution,
-                       "inpainting": backend.is_inpainting, "in_channels": backend.unet.config.in_channels})
