@@ -1,8 +1,8 @@
 """python -m trainer demo: the main job on the embedded default.
 
-Renders a held-out scene, takes one object out, asks the toy inpainting model to put it
-back from its prompt, writes a PNG sheet (input, mask, result, truth) and prints the
-scene world's verdict. `--eval N` scores N held-out scenes instead of one.
+Renders four held-out scenes, takes one object out of each, asks the toy inpainting model
+to put it back from its prompt, writes a PNG sheet (input, mask, result, truth) and prints
+the scene world's verdict. `--eval N` scores N held-out scenes and writes the figures.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="inpaint an object into a held-out scene with the embedded toy model")
     p.add_argument("--out", type=Path, default=Path("out/demo"))
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    p.add_argument("--seed", type=int, default=0, help="which held-out scene")
+    p.add_argument("--seed", type=int, default=0, help="which held-out scenes")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--eval", type=int, default=0, metavar="N", help="score N held-out scenes and write the figures")
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.manual_seed(0)
     model = ToyInpaintModel.load(args.model)
-    n = max(args.eval, 1)
+    n = args.eval or 4
     examples = insertion_examples(n, HELD_OUT_SEED + args.seed, size=model.config.image_size)
     summary, results = evaluate_toy_inpainting(model, examples, args.steps, args.guidance, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"prompt{'s' if n > 1 else ''}: {', '.join(e.prompt for e in examples[:shown])}{' ...' if n > shown else ''}")
     print(f"prompted object found in the mask: {summary['found_rate']:.0%} of {n}; "
           f"judged plausible (scale and shadow): {summary['plausible_rate']:.0%}; "
-          f"masked PSNR vs truth: {summary['masked_psnr']:.1f} dB")
+          f"masked PSNR vs truth: {summary['masked_psnr'] or float('inf'):.1f} dB")
     if args.eval:
         t = summary["truth"]
         print(f"on the true renders the same checks give: found {t['found_rate']:.0%}, plausible {t['plausible_rate']:.0%}")

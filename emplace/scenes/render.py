@@ -53,7 +53,8 @@ def _to_local(v: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
     """Turn vectors [..., K, 3] by -yaw about y (into each object's own frame)."""
     c, s = torch.cos(yaw), torch.sin(yaw)
     x, y, z = v.unbind(-1)
-    return torch.stack([c * x - s * z, y, s * x + c * z], dim=-1)
+    turned_x, turned_z = c * x - s * z, s * x + c * z
+    return torch.stack([turned_x, y.expand_as(turned_x), turned_z], dim=-1)
 
 
 def _from_local(v: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
@@ -64,7 +65,10 @@ def _from_local(v: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
 
 def intersect_objects(o: torch.Tensor, d: torch.Tensor, obj: dict[str, torch.Tensor]) -> torch.Tensor:
     """Distance along each ray [B, P, 3] to each object [B, K]: [B, P, K], inf where missed."""
-    oc, dk = torch.broadcast_tensors(o[:, :, None, :] - obj["centre"][:, None, :, :], d[:, :, None, :])
+    # Keep the ray origins un-expanded: primary rays share one origin per image, so the terms that
+    # depend only on the origin stay [B, 1, K] instead of [B, P, K].
+    oc = o[:, :, None, :] - obj["centre"][:, None, :, :]  # [B, 1 or P, K, 3]
+    dk = d[:, :, None, :]  # [B, P, 1, 3]
     r = obj["radius"][:, None, :]
 
     # sphere

@@ -59,25 +59,24 @@ def train(tmp_path, model, data, **settings):
     return config, json.loads((tmp_path / "work" / "history.json").read_text())
 
 
-def mean(history, key, part):
-    values = [h[key] for h in history]
-    n = max(1, len(values) // 4)
-    return sum(values[:n]) / n if part == "first" else sum(values[-n:]) / n
-
-
 @pytest.mark.parametrize("method", ["dpo", "mask-dpo", "asymmetric", "commonality", "asap"])
 def test_every_method_lowers_its_loss_and_raises_accuracy(tmp_path, models, pairs, method):
     # LoRA on every layer: on a tiny random UNet the attention layers alone barely move the output
-    settings = dict(method=method, steps=24, batch=2, lr=1e-2, beta=5000.0, rank=4, seed=1, targets="all")
+    settings = dict(method=method, steps=40, batch=2, lr=1e-2, beta=5000.0, rank=4, seed=1, targets="all")
     if method == "asap":
         settings |= {"link": "sigmoid", "tau": 5.0}
     config, history = train(tmp_path, models["sd15"], pairs, **settings)
-    assert mean(history, "loss", "last") < mean(history, "loss", "first")
-    assert mean(history, "margin", "last") > mean(history, "margin", "first")
+    # on the fixed pair set with fixed noise: log 2 and accuracy 0 before training (policy = reference)
+    after = json.loads((config.work / "eval.json").read_text())
+    assert after["margin"] > 0
+    # (asymmetric sees each pair through fresh random crops, so its accuracy is the noisiest)
+    assert after["accuracy"] >= 0.5 if method == "asymmetric" else after["accuracy"] > 0.5
+    if method != "mask-dpo":  # (mask-dpo's loss also holds the object's denoising term)
+        assert after["loss"] < math.log(2)
     lora = load_lora(config.output)
     assert lora.source_format == "kohya" and all(n.startswith("lora_unet_") for n in lora.modules)
     meta = read_metadata(config.output)
-    assert meta["emplace.method"] == method and meta["emplace.steps"] == "24"
+    assert meta["emplace.method"] == method and meta["emplace.steps"] == "40"
 
 
 @pytest.mark.parametrize("name", ["sd15-inpaint", "sdxl", "sdxl-inpaint"])

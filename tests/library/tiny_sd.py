@@ -20,26 +20,28 @@ def tiny_tokenizer(folder: Path) -> int:
     return len(vocab)
 
 
-def write_tiny_sd(folder: Path, xl: bool = False, in_channels: int = 4, seed: int = 0) -> Path:
+def write_tiny_sd(folder: Path, xl: bool = False, in_channels: int = 4, seed: int = 0, text_width: int = 32,
+                  **unet_config) -> Path:
+    """`unet_config` overrides the UNet's shape (e.g. to match a ComfyUI test model layer for layer)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     vocab = tiny_tokenizer(folder / "tokenizer")
-    text = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                max_position_embeddings=16, projection_dim=32)
+    text = dict(vocab_size=vocab, hidden_size=text_width, intermediate_size=2 * text_width, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=16, projection_dim=text_width)
     seeded_(CLIPTextModel(CLIPTextConfig(**text)), seed + 1).save_pretrained(folder / "text_encoder")
     unet_extra = {}
-    context = 32
+    context = text_width
     if xl:
         tiny_tokenizer(folder / "tokenizer_2")
         seeded_(CLIPTextModelWithProjection(CLIPTextConfig(**text)), seed + 2).save_pretrained(folder / "text_encoder_2")
-        context = 64
+        context = 2 * text_width
         unet_extra = dict(addition_embed_type="text_time", addition_time_embed_dim=8,
-                          projection_class_embeddings_input_dim=32 + 6 * 8)
-    unet = UNet2DConditionModel(
+                          projection_class_embeddings_input_dim=text_width + 6 * 8)
+    unet = UNet2DConditionModel(**{**dict(
         sample_size=8, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=context, attention_head_dim=8, norm_num_groups=8, **unet_extra)
+        cross_attention_dim=context, attention_head_dim=8, norm_num_groups=8), **unet_extra, **unet_config})
     seeded_(unet, seed + 3).save_pretrained(folder / "unet")
     vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 16), latent_channels=4,
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
