@@ -201,15 +201,16 @@ def crop_resize(x: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor
 
 def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, reference_unet) -> losses.PreferenceLoss:
     sched = backend.scheduler
-    g = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
     winners, loser = batch["winners"], batch["loser"]
     b, k = winners.shape[:2]
-    noise = torch.randn(loser.shape, generator=g)
-    t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g)
+    # one generator per pair and step: the draws do not depend on how pairs are spread over processes
+    gens = [torch.Generator().manual_seed(config.seed * 1_000_003 + step * 100_003 + int(i)) for i in batch["index"]]
+    noise = torch.stack([torch.randn(loser.shape[1:], generator=g) for g in gens])
+    t = torch.cat([torch.randint(0, sched.config.num_train_timesteps, (1,), generator=g) for g in gens])
     inpaint = batch.get("inpaint")
     w_extra = l_extra = inpaint
     if config.method == "asymmetric":  # the winner and the loser through differently cropped views
-        boxes = [losses.differential_crop_boxes(*loser.shape[-2:], g) for _ in range(b)]
+        boxes = [losses.differential_crop_boxes(*loser.shape[-2:], g) for g in gens]
         winners = torch.stack([crop_resize(winners[i], boxes[i][0]) for i in range(b)])
         loser = torch.stack([crop_resize(loser[i:i + 1], boxes[i][1])[0] for i in range(b)])
         if inpaint is not None:
@@ -228,7 +229,7 @@ def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, re
     if added:
         kwargs["added_cond_kwargs"] = added
     if config.empty_prompt > 0:  # some prompts replaced by the empty prompt, as the Diffusion-DPO code does
-        drop = rep(torch.rand(b, generator=g) < config.empty_prompt)[:, None, None]
+        drop = rep(torch.cat([torch.rand(1, generator=g) for g in gens]) < config.empty_prompt)[:, None, None]
         kwargs["encoder_hidden_states"] = torch.where(drop, batch["empty_text"][:1], kwargs["encoder_hidden_states"])
 
     with torch.no_grad():  # the reference first: toggling the adapter must not touch the policy's graph
@@ -321,7 +322,7 @@ def train(config: DPOConfig, resume: bool = False) -> int:
             idx = batch_indices(step * config.grad_accum + micro, len(pairs), config.batch, config.seed,
                                 accelerator.process_index, accelerator.num_processes)
             batch = collate([data[i] for i in idx], config.method == "commonality")
-            batch["empty_text"] = data.empty_text[None]
+            batch["index"], batch["empty_text"] = torch.tensor(idx), data.empty_text[None]
             with accelerator.accumulate(unet):
                 out = preference_step(unet, backend, batch, config, step * config.grad_accum + micro,
                                       accelerator.unwrap_model(unet))
@@ -381,7 +382,7 @@ def evaluate_pairs(unet, backend, data: EncodedPairs, config: DPOConfig, n: int,
     for draw in range(draws):
         for i in range(n):
             batch = collate([data[i]], config.method == "commonality")
-            batch["empty_text"] = data.empty_text[None]
+            batch["index"], batch["empty_text"] = torch.tensor([i]), data.empty_text[None]
             out = preference_step(unet, backend, batch, config, 10**9 + draw * n + i, unet)
             totals["loss"] += out.loss.item()
             totals["accuracy"] += out.accuracy.item()
