@@ -50,3 +50,40 @@ def test_bad_input_is_one_clear_line_without_traceback(tmp_path):
     assert result.returncode == 2
     assert "is a PyTorch pickle" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_extract_lora_recovers_a_low_rank_fine_tune(tmp_path):
+    from tiny_models import tiny_unet
+
+    base = tiny_unet().state_dict()
+    g = torch.Generator().manual_seed(1)
+    tuned = dict(base)
+    changed = [k for k in base if k.endswith(("attn2.to_k.weight", "attn1.to_q.weight", "conv1.weight"))]
+    for k in changed:  # a rank-2 change of every matched layer
+        w = base[k]
+        a, b = torch.randn(w.shape[0], 2, generator=g) * 0.1, torch.randn(2, w[0].numel(), generator=g) * 0.1
+        tuned[k] = w + (a @ b).reshape(w.shape)
+    save_file({k: v.contiguous() for k, v in base.items()}, tmp_path / "base.safetensors")
+    save_file({k: v.contiguous() for k, v in tuned.items()}, tmp_path / "tuned.safetensors")
+
+    ok = trainer("extract-lora", "--tuned", tmp_path / "tuned.safetensors", "--base", tmp_path / "base.safetensors",
+                 "--rank", "2", "--out", tmp_path / "x.safetensors")
+    assert ok.returncode == 0, ok.stderr
+    lora = load_lora(tmp_path / "x.safetensors")
+    assert len(lora.modules) == len(changed)
+    for k in changed:
+        m = lora.modules["lora_unet_" + k[: -len(".weight")].replace(".", "_")]
+        torch.testing.assert_close(base[k] + m.delta(), tuned[k], rtol=1e-4, atol=1e-5)
+    assert "relative error 0.0000" in ok.stdout
+
+    low = trainer("extract-lora", "--tuned", tmp_path / "tuned.safetensors", "--base", tmp_path / "base.safetensors",
+                  "--rank", "1", "--out", tmp_path / "y.safetensors")
+    assert low.returncode == 0 and "worst 0.0000" not in low.stdout  # rank 1 cannot hold a rank-2 change
+
+
+def test_extract_lora_refuses_unrelated_models(tmp_path):
+    save_file({"a.weight": torch.zeros(4, 4)}, tmp_path / "a.safetensors")
+    save_file({"a.weight": torch.zeros(4, 8)}, tmp_path / "b.safetensors")
+    r = trainer("extract-lora", "--tuned", tmp_path / "b.safetensors", "--base", tmp_path / "a.safetensors",
+                "--out", tmp_path / "x.safetensors")
+    assert r.returncode == 2 and "different architectures" in r.stderr
