@@ -289,7 +289,15 @@ def train(config: DPOConfig, resume: bool = False) -> int:
     accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
                               cpu=not torch.cuda.is_available())
     torch.manual_seed(config.seed)
-    pairs = load_pairs(config.data)  # every bad line is reported before anything loads
+    data_folder = config.data
+    if config.data.suffix == ".parquet" or (config.data / "rows.jsonl").is_file():  # Pick-a-Pic rows
+        from emplace.preference.pickapic import convert_pickapic
+
+        data_folder = config.work / "pickapic"
+        with accelerator.main_process_first():  # converted once, by the first process
+            if not (data_folder / "pairs.jsonl").is_file():
+                accelerator.print(f"Pick-a-Pic rows -> {data_folder}: {convert_pickapic(config.data, data_folder)}")
+    pairs = load_pairs(data_folder)  # every bad line is reported before anything loads
     backend = load_backend(config.model, config.resolution or None)
     for module in (backend.unet, *backend.text_encoders()):
         module.requires_grad_(False)

@@ -148,3 +148,16 @@ def test_two_processes_average_their_gradients(tmp_path, pairs):
         torch.testing.assert_close(m.up, b.modules[name].up, rtol=1e-3, atol=1e-5)
         moved = max(moved, m.up.abs().max().item())
     assert moved > 1e-4  # the LoRA did train, well above the tolerance
+
+
+def test_pick_a_pic_parquet_trains_directly(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from test_pickapic import jpeg
+
+    rows = {"caption": ["a red cube", "a blue sphere"], "jpg_0": [jpeg(0.1), jpeg(0.2)], "jpg_1": [jpeg(0.9), jpeg(0.8)],
+            "label_0": [1.0, 0.0]}
+    pq.write_table(pa.table(rows), tmp_path / "rows.parquet")
+    config, history = train(tmp_path, TOY, tmp_path / "rows.parquet", method="dpo", steps=2, batch=1, lr=1e-3, rank=2)
+    assert len(history) == 2 and (config.work / "pickapic" / "pairs.jsonl").is_file()
