@@ -35,7 +35,7 @@ def sheet(rows: list[list[torch.Tensor]], scale: int = 4) -> torch.Tensor:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emplace.scenes.datasets.files import save_image
+    from emplace.files import save_image
     from emplace.scenes.evaluate import HELD_OUT_SEED, evaluate_toy_inpainting, truth_scores
     from emplace.scenes.samples import insertion_examples
     from emplace.scenes.toy_inpaint import ToyInpaintModel

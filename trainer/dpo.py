@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from emplace.files import load_image
 from emplace.preference import losses
 from emplace.weights import load_safetensors, save_safetensors
 
@@ -103,18 +104,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 # --- data -----------------------------------------------------------------------------------
 
 
-def load_rgb(path: Path, size: int) -> torch.Tensor:
-    from PIL import Image
-
-    import numpy as np
-
-    with Image.open(path) as im:
-        im = im.convert("RGB").resize((size, size), Image.BICUBIC)
-        return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1).contiguous()
-
-
 def load_mask(path: Path | None, size: int) -> torch.Tensor | None:
-    return None if path is None else (load_rgb(path, size).mean(0) > 0.5).float()
+    return None if path is None else (load_image(path, size).mean(0) > 0.5).float()
 
 
 class EncodedPairs:
@@ -138,7 +129,7 @@ class EncodedPairs:
     @torch.no_grad()
     def _encode(self, pair) -> dict:
         b = self.backend
-        images = torch.stack([load_rgb(p, self.size) for p in (*pair.winners, pair.loser)])
+        images = torch.stack([load_image(p, self.size) for p in (*pair.winners, pair.loser)])
         latents = b.encode_images(images)
         mask = load_mask(pair.mask, self.size)
         obj = load_mask(pair.object_mask, self.size)

@@ -23,7 +23,7 @@ import torch
 
 from emplace.boxes import box_from_mask, box_mask
 from emplace.preference.degradations import LOCAL, paste
-from emplace.scenes.datasets.files import load_image, save_image, write_jsonl
+from emplace.files import load_image, save_image, write_jsonl
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..files import write_jsonl
 from .pairs import PairDataError
 
 
@@ -55,5 +56,5 @@ def convert_pickapic(source: str | Path, out: str | Path) -> dict:
                       "loser": f"images/{i:07d}_{loser}.jpg"})
     if problems:
         raise PairDataError(f"{source}: {len(problems)} bad row(s):\n  " + "\n  ".join(problems[:20]))
-    (out / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    write_jsonl(out / "pairs.jsonl", pairs)
     return {"pairs": len(pairs), "ties_dropped": ties}

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "library"))
 
 
 def test_a_trained_lora_patches_every_layer_of_the_matching_comfy_model(comfy, tiny, tmp_path, caplog):
-    from emplace.scenes.datasets.files import save_image, write_jsonl
+    from emplace.files import save_image, write_jsonl
     from tiny_sd import write_tiny_sd
     from trainer.dpo import DPOConfig, train
 

@@ -20,7 +20,7 @@ TOY = ROOT / "emplace" / "defaults" / "toy_inpaint"
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
     """A small fixed pair set whose winners and losers differ a lot, so a few steps show learning."""
-    from emplace.scenes.datasets.files import save_image, write_jsonl
+    from emplace.files import save_image, write_jsonl
 
     out = tmp_path_factory.mktemp("pairs")
     g = torch.Generator().manual_seed(0)

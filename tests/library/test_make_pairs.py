@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from emplace.preference.pairs import load_pairs
-from emplace.scenes.datasets.files import load_image, save_image
+from emplace.files import load_image, save_image
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from emplace.scenes.datasets.files import load_image
+from emplace.files import load_image
 from emplace.scenes.detector import colour_map
 
 ROOT = Path(__file__).resolve().parents[2]

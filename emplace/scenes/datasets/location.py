@@ -25,7 +25,8 @@ from ..geometry import amodal_box
 from ..render import render
 from ..vocabulary import SHAPES, SIZE_NAMES
 from ..world import sample_camera, sample_scene
-from .files import camera_record, save_image, write_jsonl
+from ...files import save_image, write_jsonl
+from .files import camera_record
 from .placements import NEGATIVE_KINDS, implausible_variant, inside, plausible_placement
 
 COLUMNS = ["fg_id", "bg_id", "position", "scale", "label", "img_name", "mask_name"]

@@ -22,7 +22,8 @@ from ...boxes import box_mask
 from ..annotate import annotate
 from ..render import render
 from ..world import sample_camera, sample_scene
-from .files import camera_record, save_image, write_jsonl
+from ...files import save_image, write_jsonl
+from .files import camera_record
 from .placements import inside
 
 

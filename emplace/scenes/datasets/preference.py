@@ -24,7 +24,7 @@ from ...boxes import box_from_mask, box_mask
 from ...preference.degradations import LOCAL, paste
 from ..render import render
 from ..samples import insertion_examples
-from .files import save_image, write_jsonl
+from ...files import save_image, write_jsonl
 from .placements import implausible_variant
 
 RENDERED = ("floating", "too_large", "too_small")

@@ -12,7 +12,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..samples import insertion_examples
-from .files import camera_record, save_image, write_jsonl
+from ...files import save_image, write_jsonl
+from .files import camera_record
 
 
 def write(out: Path, n: int, seed: int, size: int = 128) -> dict:
