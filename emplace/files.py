@@ -33,6 +33,14 @@ def save_image(image: torch.Tensor, path: Path, quality: int = 95) -> str:
     return str(path)
 
 
+def image_grid(rows: list[list[torch.Tensor]], scale: int = 1) -> torch.Tensor:
+    """Rows of [3, H, W] images side by side, enlarged without smoothing (small images stay readable)."""
+    import torch.nn.functional as F
+
+    grid = torch.cat([torch.cat(r, 2) for r in rows], 1)
+    return F.interpolate(grid[None], scale_factor=scale, mode="nearest")[0] if scale > 1 else grid
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     """One JSON object per line, written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)

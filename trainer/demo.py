@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "emplace" / "defaults" / "toy_inpaint"
 
@@ -25,17 +26,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--eval", type=int, default=0, metavar="N", help="score N held-out scenes and write the figures")
+    p.add_argument("--mask", choices=["box", "region"], default="box",
+                   help="inpaint the object's box, or the box around the object and its shadow (as in the "
+                        "preference pairs)")
+    p.add_argument("--lora", type=Path, help="a LoRA for the toy model (from python -m trainer dpo) to apply")
+    p.add_argument("--lora-strength", type=float, default=1.0)
     p.set_defaults(run=run)
 
 
-def sheet(rows: list[list[torch.Tensor]], scale: int = 4) -> torch.Tensor:
-    """Rows of [3, H, W] images side by side, enlarged without smoothing."""
-    grid = torch.cat([torch.cat(r, 2) for r in rows], 1)
-    return F.interpolate(grid[None], scale_factor=scale, mode="nearest")[0]
+def lora_applied(model, path: Path | None, strength: float):
+    if path is None:
+        return nullcontext()
+    from emplace.lora import load_lora
+    from emplace.lora.apply import merged
+
+    return merged(load_lora(path), strength, str(path), model.unet, (model.text_encoder,))
 
 
 def run(args: argparse.Namespace) -> int:
-    from emplace.files import save_image
+    from emplace.files import image_grid, save_image
     from emplace.scenes.evaluate import HELD_OUT_SEED, evaluate_toy_inpainting, truth_scores
     from emplace.scenes.samples import insertion_examples
     from emplace.scenes.toy_inpaint import ToyInpaintModel
@@ -44,17 +53,21 @@ def run(args: argparse.Namespace) -> int:
     model = ToyInpaintModel.load(args.model)
     n = args.eval or 4
     examples = insertion_examples(n, HELD_OUT_SEED + args.seed, size=model.config.image_size)
-    summary, results = evaluate_toy_inpainting(model, examples, args.steps, args.guidance, seed=args.seed)
+    if args.mask == "region":
+        examples = [replace(e, mask=e.region_mask()) for e in examples]
+    with lora_applied(model, args.lora, args.lora_strength):
+        summary, results = evaluate_toy_inpainting(model, examples, args.steps, args.guidance, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     shown = min(n, 8)
     rows = []
     for e, r in zip(examples[:shown], results[:shown]):
         m = e.mask[None].expand(3, -1, -1)
         rows.append([e.background * (1 - m) + 0.5 * m, m, r, e.image])
-    save_image(sheet(rows), args.out / "demo.png")
+    save_image(image_grid(rows, 4), args.out / "demo.png")
     if args.eval:
         summary["truth"] = truth_scores(examples)
-        summary |= {"steps": args.steps, "guidance": args.guidance, "model": str(args.model)}
+        summary |= {"steps": args.steps, "guidance": args.guidance, "model": str(args.model), "mask": args.mask,
+                    "lora": str(args.lora) if args.lora else None, "lora_strength": args.lora_strength}
         (args.out / "eval.json").write_text(json.dumps(summary, indent=1))
     print(f"prompt{'s' if n > 1 else ''}: {', '.join(e.prompt for e in examples[:shown])}{' ...' if n > shown else ''}")
     print(f"prompted object found in the mask: {summary['found_rate']:.0%} of {n}; "

@@ -15,6 +15,7 @@ import hashlib
 import json
 import time
 import tomllib
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -32,13 +33,15 @@ TARGETS = {
     "attention+ff": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"],
     "all": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out", "conv1", "conv2"],
 }
+TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
 @dataclass
 class DPOConfig:
-    model: Path  # a diffusers folder (SD1.5/SDXL, 4- or 9-channel) or an Emplace toy model folder
+    model: Path  # a diffusers folder or single-file checkpoint (SD1.5/SDXL, 4- or 9-channel), or a toy model folder
     data: Path  # a folder with pairs.jsonl
     output: Path  # the LoRA .safetensors to write
+    model_config: Path | None = None  # for a single-file checkpoint: a local diffusers folder with its configs
     method: str = "dpo"  # dpo | mask-dpo | asymmetric | commonality | asap
     beta: float = 2500.0
     lam: float = 1.0  # mask-dpo: weight of the object's denoising loss
@@ -49,6 +52,8 @@ class DPOConfig:
     lora_alpha: float = 0.0  # 0: equal to the rank (scale 1)
     targets: str = "attention"  # attention | attention+ff | all
     lr: float = 1e-5
+    train_text_encoder: bool = False  # also a LoRA on the text encoder(s) (attention projections)
+    text_lr: float = 0.0  # 0: the same as lr
     batch: int = 1
     grad_accum: int = 1
     steps: int = 1000
@@ -60,6 +65,9 @@ class DPOConfig:
     log_every: int = 10
     work: Path = Path("runs/dpo")
     empty_prompt: float = 0.0  # share of prompts dropped to ""
+    validation: int = 0  # at the end, sample this many pairs' prompts (and masks) without and with the LoRA
+    validation_steps: int = 25
+    validation_guidance: float = 5.0
     cache: bool = True
 
     @classmethod
@@ -74,7 +82,7 @@ class DPOConfig:
         if missing:
             raise ValueError(f"{path}: missing {', '.join(missing)}")
         base = path.parent if path else Path(".")
-        for k in ("model", "data", "output", "work"):
+        for k in ("model", "model_config", "data", "output", "work"):
             if k in raw:
                 raw[k] = (base / raw[k]) if not Path(raw[k]).is_absolute() else Path(raw[k])
         config = cls(**raw)
@@ -118,7 +126,7 @@ class EncodedPairs:
         self.folder = config.work / "cache" / backend.key
         self.memory: dict[int, dict] = {}
         with torch.no_grad():
-            self.empty_text = backend.encode_prompts([""])["encoder_hidden_states"][0].float()
+            self.empty_text = backend.encode_prompts([""])["encoder_hidden_states"][0].float().cpu()
 
     def _key(self, pair) -> str:
         h = hashlib.sha1(f"{self.size}|{pair.prompt}".encode())
@@ -126,15 +134,20 @@ class EncodedPairs:
             h.update(p.read_bytes() if p is not None else b"-")
         return h.hexdigest()
 
+    def images_and_mask(self, pair) -> tuple[torch.Tensor, torch.Tensor]:
+        """The winners and the loser [K + 1, 3, S, S], and the inpaint mask [S, S]."""
+        images = torch.stack([load_image(p, self.size) for p in (*pair.winners, pair.loser)])
+        mask = load_mask(pair.mask, self.size)
+        if mask is None:  # no inpaint mask: the region is where winner and loser differ
+            mask = ((images[0] - images[-1]).abs().amax(0) > 0.03).float()
+        return images, mask
+
     @torch.no_grad()
     def _encode(self, pair) -> dict:
         b = self.backend
-        images = torch.stack([load_image(p, self.size) for p in (*pair.winners, pair.loser)])
+        images, mask = self.images_and_mask(pair)
         latents = b.encode_images(images)
-        mask = load_mask(pair.mask, self.size)
         obj = load_mask(pair.object_mask, self.size)
-        if mask is None:  # no inpaint mask: the region is where winner and loser differ
-            mask = ((images[0] - images[-1]).abs().amax(0) > 0.03).float()
         size = latents.shape[-2:]
         small = lambda m: F.interpolate(m[None, None], size=size, mode="area")[0]  # noqa: E731
         out = {"winners": latents[:-1], "loser": latents[-1], "mask": small(mask),
@@ -145,7 +158,7 @@ class EncodedPairs:
         out["text"] = cond["encoder_hidden_states"][0]
         for k, v in (cond.get("added_cond_kwargs") or {}).items():
             out[f"added.{k}"] = v[0]
-        return {k: v.float().contiguous() for k, v in out.items()}
+        return {k: v.float().cpu().contiguous() for k, v in out.items()}
 
     def __getitem__(self, i: int) -> dict:
         if i in self.memory:
@@ -160,6 +173,14 @@ class EncodedPairs:
                 save_safetensors(path, item)
         self.memory[i] = item
         return item
+
+    def batch(self, indices: list[int]) -> dict:
+        """The step's inputs on the training device."""
+        device = self.backend.unet.device
+        out = {k: v.to(device) for k, v in collate([self[i] for i in indices], self.config.method == "commonality").items()}
+        out["index"], out["prompts"] = torch.tensor(indices), [self.pairs[i].prompt for i in indices]
+        out["empty_text"] = self.empty_text[None].to(device)
+        return out
 
 
 def batch_indices(step: int, n: int, batch: int, seed: int, rank: int, world: int) -> list[int]:
@@ -190,14 +211,37 @@ def crop_resize(x: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor
 # --- the step --------------------------------------------------------------------------------
 
 
+@contextmanager
+def adapters_disabled(modules):
+    """The reference model: the same modules with their LoRA switched off (never a second copy)."""
+    for m in modules:
+        m.disable_adapters()
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.enable_adapters()
+
+
+def unet_conditioning(cond: dict, rep) -> dict:
+    kwargs = {"encoder_hidden_states": rep(cond["encoder_hidden_states"])}
+    if cond.get("added_cond_kwargs"):
+        kwargs["added_cond_kwargs"] = {k: rep(v) for k, v in cond["added_cond_kwargs"].items()}
+    return kwargs
+
+
 def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, reference_unet) -> losses.PreferenceLoss:
     sched = backend.scheduler
     winners, loser = batch["winners"], batch["loser"]
+    device = loser.device
     b, k = winners.shape[:2]
-    # one generator per pair and step: the draws do not depend on how pairs are spread over processes
+    # one generator per pair and step: the draws do not depend on how pairs are spread over processes,
+    # nor on the device (drawn on the CPU, then moved)
     gens = [torch.Generator().manual_seed(config.seed * 1_000_003 + step * 100_003 + int(i)) for i in batch["index"]]
-    noise = torch.stack([torch.randn(loser.shape[1:], generator=g) for g in gens])
-    t = torch.cat([torch.randint(0, sched.config.num_train_timesteps, (1,), generator=g) for g in gens])
+    noise = torch.stack([torch.randn(loser.shape[1:], generator=g) for g in gens]).to(device)
+    t = torch.cat([torch.randint(0, sched.config.num_train_timesteps, (1,), generator=g) for g in gens]).to(device)
+    # some prompts replaced by the empty prompt, as the Diffusion-DPO code does
+    dropped = torch.cat([torch.rand(1, generator=g) for g in gens]) < config.empty_prompt
     inpaint = batch.get("inpaint")
     w_extra = l_extra = inpaint
     if config.method == "asymmetric":  # the winner and the loser through differently cropped views
@@ -215,18 +259,21 @@ def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, re
     if w_extra is not None:
         noisy = torch.cat([noisy, torch.cat([w_extra.repeat_interleave(k, 0), l_extra])], 1)
     rep = lambda x: torch.cat([x.repeat_interleave(k, 0), x])  # noqa: E731
-    kwargs = {"encoder_hidden_states": rep(batch["text"])}
-    added = {key.split(".", 1)[1]: rep(v) for key, v in batch.items() if key.startswith("added.")}
-    if added:
-        kwargs["added_cond_kwargs"] = added
-    if config.empty_prompt > 0:  # some prompts replaced by the empty prompt, as the Diffusion-DPO code does
-        drop = rep(torch.cat([torch.rand(1, generator=g) for g in gens]) < config.empty_prompt)[:, None, None]
-        kwargs["encoder_hidden_states"] = torch.where(drop, batch["empty_text"][:1], kwargs["encoder_hidden_states"])
 
-    with torch.no_grad():  # the reference first: toggling the adapter must not touch the policy's graph
-        reference_unet.disable_adapters()
-        ref = reference_unet(noisy, t_all, **kwargs).sample
-        reference_unet.enable_adapters()
+    if config.train_text_encoder:  # the prompts go through the text encoder(s) and their LoRA every step
+        prompts = ["" if drop else p for p, drop in zip(batch["prompts"], dropped.tolist())]
+        policy_cond = backend.encode_prompts(prompts)
+        with torch.no_grad(), adapters_disabled(backend.text_encoders()):
+            reference_cond = backend.encode_prompts(prompts)
+    else:  # the cached embeddings
+        text = torch.where(dropped.to(device)[:, None, None], batch["empty_text"][:1], batch["text"])
+        added = {key.split(".", 1)[1]: v for key, v in batch.items() if key.startswith("added.")}
+        policy_cond = reference_cond = {"encoder_hidden_states": text, "added_cond_kwargs": added}
+    kwargs, reference_kwargs = unet_conditioning(policy_cond, rep), unet_conditioning(reference_cond, rep)
+
+    with torch.no_grad(), adapters_disabled([reference_unet]):
+        # the reference first: toggling the adapter must not touch the policy's graph
+        ref = reference_unet(noisy, t_all, **reference_kwargs).sample
     ref_err = (ref.float() - target.float()) ** 2
     pred = unet(noisy, t_all, **kwargs).sample
     err = (pred.float() - target.float()) ** 2
@@ -289,7 +336,7 @@ def train(config: DPOConfig, resume: bool = False) -> int:
             if not (data_folder / "pairs.jsonl").is_file():
                 accelerator.print(f"Pick-a-Pic rows -> {data_folder}: {convert_pickapic(config.data, data_folder)}")
     pairs = load_pairs(data_folder)  # every bad line is reported before anything loads
-    backend = load_backend(config.model, config.resolution or None)
+    backend = load_backend(config.model, config.resolution or None, config.model_config)
     for module in (backend.unet, *backend.text_encoders()):
         module.requires_grad_(False)
     lora_alpha = config.lora_alpha or config.rank
@@ -297,9 +344,19 @@ def train(config: DPOConfig, resume: bool = False) -> int:
                                         target_modules=TARGETS[config.targets]))
     if config.gradient_checkpointing:
         backend.unet.enable_gradient_checkpointing()
-    trainable = TrainableParameters(backend.unet)
-    optimizer = torch.optim.AdamW(trainable.params.values(), lr=config.lr, weight_decay=1e-2)
+    trainables = {"lora": TrainableParameters(backend.unet)}
+    groups = [{"params": list(trainables["lora"].params.values()), "lr": config.lr}]
+    if config.train_text_encoder:
+        for i, encoder in enumerate(backend.text_encoders()):
+            encoder.add_adapter(LoraConfig(r=config.rank, lora_alpha=lora_alpha, init_lora_weights="gaussian",
+                                           target_modules=TEXT_TARGETS))
+            trainables[f"text_lora_{i}"] = TrainableParameters(encoder)
+            groups.append({"params": list(trainables[f"text_lora_{i}"].params.values()),
+                           "lr": config.text_lr or config.lr})
+    params = [p for group in groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(groups, weight_decay=1e-2)
     unet, optimizer = accelerator.prepare(backend.unet, optimizer)
+    backend.to(accelerator.device)
     data = EncodedPairs(pairs, backend, config)
 
     work = config.work
@@ -308,7 +365,7 @@ def train(config: DPOConfig, resume: bool = False) -> int:
         ckpt = latest_checkpoint(work / "checkpoints")
         if ckpt is None:
             raise FileNotFoundError(f"--resume latest: no checkpoint in {work / 'checkpoints'}")
-        step, _ = load_checkpoint(ckpt, {"lora": trainable}, optimizer)
+        step, _ = load_checkpoint(ckpt, trainables, optimizer)
         accelerator.print(f"resumed from {ckpt} at step {step}")
 
     main = accelerator.is_main_process
@@ -320,8 +377,7 @@ def train(config: DPOConfig, resume: bool = False) -> int:
         for micro in range(config.grad_accum):
             idx = batch_indices(step * config.grad_accum + micro, len(pairs), config.batch, config.seed,
                                 accelerator.process_index, accelerator.num_processes)
-            batch = collate([data[i] for i in idx], config.method == "commonality")
-            batch["index"], batch["empty_text"] = torch.tensor(idx), data.empty_text[None]
+            batch = data.batch(idx)
             with accelerator.accumulate(unet):
                 out = preference_step(unet, backend, batch, config, step * config.grad_accum + micro,
                                       accelerator.unwrap_model(unet))
@@ -331,7 +387,11 @@ def train(config: DPOConfig, resume: bool = False) -> int:
                         f"in {work / 'checkpoints'} (lower lr or beta, then --resume latest)")
                 accelerator.backward(out.loss)
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(list(trainable.params.values()), 1.0)
+                    if config.train_text_encoder and accelerator.num_processes > 1:
+                        # the text encoders run outside DDP (through the backend): average their grads here
+                        for p in params[len(groups[0]["params"]):]:
+                            p.grad = accelerator.reduce(p.grad, reduction="mean")
+                    accelerator.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -347,7 +407,7 @@ def train(config: DPOConfig, resume: bool = False) -> int:
         if step % config.checkpoint_every == 0:
             accelerator.wait_for_everyone()
             if main:
-                save_checkpoint(work / "checkpoints", step, {"lora": trainable}, optimizer, {"config": str(config.data)})
+                save_checkpoint(work / "checkpoints", step, trainables, optimizer, {"config": str(config.data)})
     bar.close()
     accelerator.wait_for_everyone()
     if not main:
@@ -359,7 +419,10 @@ def train(config: DPOConfig, resume: bool = False) -> int:
     print(f"on the training pairs (fixed noise): loss {final['loss']:.4f} (log 2 = 0.6931 before training), "
           f"implicit accuracy {final['accuracy']:.2f}, margin {final['margin']:.3g}")
 
-    peft_sd = get_peft_model_state_dict(accelerator.unwrap_model(unet))
+    peft_sd = {f"unet.{k}": v for k, v in get_peft_model_state_dict(accelerator.unwrap_model(unet)).items()}
+    if config.train_text_encoder:
+        for name, encoder in zip(("text_encoder", "text_encoder_2"), backend.text_encoders()):
+            peft_sd |= {f"{name}.{k}": v for k, v in get_peft_model_state_dict(encoder).items()}
     lora = to_kohya(peft_sd, {"r": config.rank, "lora_alpha": lora_alpha}, what="trained LoRA")
     record = TrainingRecord(method=config.method, family=backend.family, resolution=data.size, rank=config.rank,
                             alpha=float(lora_alpha), beta=config.beta, steps=step,
@@ -367,27 +430,52 @@ def train(config: DPOConfig, resume: bool = False) -> int:
     save_lora(config.output, lora, build_metadata(record))
     (work / "history.json").write_text(json.dumps(history))
     plot_curves(history, work / "curves.png", f"{config.method}: {config.data.name}")
+    if config.validation:
+        validation_sheet(accelerator.unwrap_model(unet), backend, data, config, work / "validation.png")
+        print(f"validation images (input, without the LoRA, with it, winner): {work / 'validation.png'}")
     print(f"wrote {config.output}: {len(lora.modules)} LoRA layers after {step} steps "
           f"({(time.time() - start) / 60:.1f} min); curves in {work / 'curves.png'}")
     return 0
 
 
 @torch.no_grad()
-def evaluate_pairs(unet, backend, data: EncodedPairs, config: DPOConfig, n: int, draws: int = 4) -> dict:
-    """The preference loss over every pair with fixed noise draws: before training (the LoRA starts
-    at zero, so policy = reference) it is exactly log 2 with accuracy 0."""
+def evaluate_pairs(unet, backend, data: EncodedPairs, config: DPOConfig, n: int, draws: int = 4,
+                   most: int = 64) -> dict:
+    """The preference loss over (at most `most` of) the pairs with fixed noise draws: before training
+    (the LoRA starts at zero, so policy = reference) it is exactly log 2 with accuracy 0."""
     totals = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
     count = 0
+    chosen = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))[:most].tolist()
     for draw in range(draws):
-        for i in range(n):
-            batch = collate([data[i]], config.method == "commonality")
-            batch["index"], batch["empty_text"] = torch.tensor([i]), data.empty_text[None]
+        for i in chosen:
+            batch = data.batch([i])
             out = preference_step(unet, backend, batch, config, 10**9 + draw * n + i, unet)
             totals["loss"] += out.loss.item()
             totals["accuracy"] += out.accuracy.item()
             totals["margin"] += out.delta.mean().item()
             count += 1
     return {k: v / count for k, v in totals.items()}
+
+
+@torch.no_grad()
+def validation_sheet(unet, backend, data: EncodedPairs, config: DPOConfig, path: Path) -> None:
+    """One row per pair: the masked input, a sample without the LoRA, with it (same seed), the winner."""
+    from emplace.files import image_grid, save_image
+
+    pairs = data.pairs[: config.validation]
+    loaded = [data.images_and_mask(p) for p in pairs]
+    winners = torch.stack([images[0] for images, _ in loaded])
+    masks = torch.stack([mask for _, mask in loaded])
+    prompts = [p.prompt for p in pairs]
+    sample = lambda: backend.sample(prompts, winners, masks, config.validation_steps,  # noqa: E731
+                                    config.validation_guidance, config.seed)
+    modules = [unet, *(backend.text_encoders() if config.train_text_encoder else [])]
+    with adapters_disabled(modules):
+        without = sample()
+    with_lora = sample()
+    shown = winners * (1 - masks[:, None]) + 0.5 * masks[:, None]
+    rows = [[shown[i], without[i], with_lora[i], winners[i]] for i in range(len(pairs))]
+    save_image(image_grid(rows, max(1, 256 // data.size)), path)
 
 
 def plot_curves(history: list[dict], path: Path, title: str) -> None:

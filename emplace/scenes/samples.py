@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..boxes import Box, box_mask
+from ..boxes import Box, box_from_mask, box_mask
 from .annotate import ObjectAnnotation, annotate
 from .render import render
 from .world import Camera, Scene, sample_camera, sample_scene
@@ -34,6 +34,17 @@ class InsertionExample:
     @property
     def box(self) -> Box:
         return self.target.amodal_box
+
+    def region_mask(self, grow: int = 2) -> torch.Tensor:
+        """The box around everything the object changes (itself and its shadow), grown: the inpaint
+        mask of the preference pairs, where a model can paint the shadow too."""
+        box = box_from_mask(changed_region(self.image, self.background))
+        return box_mask(box, *self.mask.shape[::-1], grow=grow) if box is not None else self.mask
+
+
+def changed_region(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[H, W] bool: where two renders of one scene differ visibly."""
+    return (a - b).abs().amax(0) > 0.03
 
 
 def good_target(a: ObjectAnnotation, size: int, min_side: float) -> bool:

@@ -129,7 +129,7 @@ class ToyInpaintModel:
         return ids
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        return self.text_encoder(self.token_ids(prompts)).last_hidden_state
+        return self.text_encoder(self.token_ids(prompts).to(self.text_encoder.device)).last_hidden_state
 
     def to_model_space(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] in 0..1 -> [B, 3 u^2, H/u, W/u] in -1..1."""

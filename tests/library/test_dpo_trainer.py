@@ -17,12 +17,11 @@ ROOT = Path(__file__).resolve().parents[2]
 TOY = ROOT / "emplace" / "defaults" / "toy_inpaint"
 
 
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory):
+def pairs_at(out: Path) -> Path:
     """A small fixed pair set whose winners and losers differ a lot, so a few steps show learning."""
     from emplace.files import save_image, write_jsonl
 
-    out = tmp_path_factory.mktemp("pairs")
+    out.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(0)
     ys, xs = torch.meshgrid(torch.linspace(0, 1, 32), torch.linspace(0, 1, 32), indexing="ij")
     mask, obj = torch.zeros(32, 32), torch.zeros(32, 32)
@@ -40,6 +39,11 @@ def pairs(tmp_path_factory):
                      "mask": "mask.png", "object_mask": "object.png", "group": str(i)})
     write_jsonl(out / "pairs.jsonl", rows)
     return out
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    return pairs_at(tmp_path_factory.mktemp("pairs"))
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +94,55 @@ def test_sdxl_and_inpainting_models_train(tmp_path, models, pairs, name):
     assert len(load_lora(config.output).modules) > 0
 
 
+@pytest.mark.parametrize("name", ["sd15", "sdxl"])
+def test_a_text_encoder_lora_trains_and_applies(tmp_path, models, pairs, name):
+    from emplace.diffusion import load_backend
+    from emplace.lora.apply import merged
+
+    config, _ = train(tmp_path, models[name], pairs, method="dpo", steps=3, batch=2, lr=1e-2, rank=2,
+                      train_text_encoder=True, validation=2, validation_steps=2)
+    lora = load_lora(config.output)
+    expected = {"lora_unet", "lora_te"} if name == "sd15" else {"lora_unet", "lora_te1", "lora_te2"}
+    assert {n.split("_")[0] + "_" + n.split("_")[1] for n in lora.modules} == expected
+    # every UNet layer trained, and each text encoder (SDXL reads the penultimate layer: its last layer gets no grad)
+    assert all(m.up.abs().max() > 0 for m in lora.modules.values() if m.component == "unet")
+    for prefix in expected - {"lora_unet"}:
+        assert any(m.up.abs().max() > 0 for n, m in lora.modules.items() if n.startswith(prefix + "_"))
+
+    backend = load_backend(models[name])
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(1, 4, 8, 8, generator=g), torch.tensor([500])
+
+    def outputs():
+        with torch.no_grad():
+            cond = backend.encode_prompts(["pair 0"])
+            return cond["encoder_hidden_states"], backend.unet(x, t, **cond).sample
+
+    before = outputs()
+    with merged(lora, 0.0, "trained", backend.unet, tuple(backend.text_encoders())):
+        assert all(torch.equal(a, b) for a, b in zip(outputs(), before))
+    with merged(lora, 1.0, "trained", backend.unet, tuple(backend.text_encoders())):
+        assert not any(torch.allclose(a, b) for a, b in zip(outputs(), before))
+    assert all(torch.equal(a, b) for a, b in zip(outputs(), before))  # the weights are restored afterwards
+
+    from emplace.files import load_image
+
+    sheet = load_image(config.work / "validation.png")  # 2 pairs x (input, without, with, winner)
+    assert sheet.shape[-2:] == (2 * 32 * 8, 4 * 32 * 8)
+
+
+def test_a_lora_for_another_model_is_not_merged(tmp_path, models, pairs):
+    from emplace.diffusion import load_backend
+    from emplace.lora import LoraMismatchError
+    from emplace.lora.apply import merged
+
+    config, _ = train(tmp_path, models["sd15"], pairs, method="dpo", steps=1, batch=1, rank=2)
+    backend = load_backend(models["sdxl"])
+    with pytest.raises(LoraMismatchError, match="'sd15 lora'"):
+        with merged(load_lora(config.output), 1.0, "sd15 lora", backend.unet):
+            pass
+
+
 def test_resuming_gives_the_same_weights_as_one_run(tmp_path, models, pairs):
     common = dict(method="dpo", batch=2, lr=1e-3, rank=2, seed=3)
     straight, _ = train(tmp_path / "a", models["sd15"], pairs, steps=4, **common)
@@ -121,7 +174,8 @@ def test_bad_config_and_data_are_reported_plainly(tmp_path, models, pairs):
 
 
 def test_two_processes_average_their_gradients(tmp_path, pairs):
-    """torchrun with 2 CPU processes of batch 1 gives the LoRA of one process with batch 2 (gloo all-reduce)."""
+    """torchrun with 2 CPU processes of batch 1 gives the LoRA of one process with batch 2 (gloo all-reduce),
+    for the UNet (DDP) and the text encoder (averaged by the trainer) alike."""
     import shutil
 
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
@@ -132,7 +186,7 @@ def test_two_processes_average_their_gradients(tmp_path, pairs):
         cfg = tmp_path / f"{name}.toml"
         cfg.write_text(f'model = "{TOY}"\ndata = "{pairs}"\noutput = "{tmp_path / name}.safetensors"\n'
                        f'work = "{tmp_path / name}"\nmethod = "dpo"\nsteps = 2\nbatch = {batch}\nlr = 1e-3\n'
-                       f'rank = 2\nresolution = 32\nbeta = 5000.0\n')
+                       f'rank = 2\nresolution = 32\nbeta = 5000.0\ntrain_text_encoder = true\n')
         return cfg
 
     one = subprocess.run([sys.executable, "-m", "trainer", "dpo", "--config", str(config("one", 2))], cwd=ROOT,
@@ -143,6 +197,7 @@ def test_two_processes_average_their_gradients(tmp_path, pairs):
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = load_lora(tmp_path / "one.safetensors"), load_lora(tmp_path / "two.safetensors")
     moved = 0.0
+    assert any(name.startswith("lora_te_") for name in a.modules)
     for name, m in a.modules.items():
         # (the all-reduce sums in another order; Adam magnifies that to ~1e-6 on updates of ~1e-3)
         torch.testing.assert_close(m.up, b.modules[name].up, rtol=1e-3, atol=1e-5)

@@ -21,8 +21,9 @@ def tiny_tokenizer(folder: Path) -> int:
 
 
 def write_tiny_sd(folder: Path, xl: bool = False, in_channels: int = 4, seed: int = 0, text_width: int = 32,
-                  **unet_config) -> Path:
-    """`unet_config` overrides the UNet's shape (e.g. to match a ComfyUI test model layer for layer)."""
+                  text_width_2: int | None = None, **unet_config) -> Path:
+    """`unet_config` overrides the UNet's shape (e.g. to match a ComfyUI test model layer for layer);
+    `text_width_2` is SDXL's second encoder's width (as in SDXL, it differs from the first's)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -34,10 +35,12 @@ def write_tiny_sd(folder: Path, xl: bool = False, in_channels: int = 4, seed: in
     context = text_width
     if xl:
         tiny_tokenizer(folder / "tokenizer_2")
-        seeded_(CLIPTextModelWithProjection(CLIPTextConfig(**text)), seed + 2).save_pretrained(folder / "text_encoder_2")
-        context = 2 * text_width
+        width_2 = text_width_2 or text_width
+        text_2 = text | dict(hidden_size=width_2, intermediate_size=2 * width_2, projection_dim=width_2)
+        seeded_(CLIPTextModelWithProjection(CLIPTextConfig(**text_2)), seed + 2).save_pretrained(folder / "text_encoder_2")
+        context = text_width + width_2
         unet_extra = dict(addition_embed_type="text_time", addition_time_embed_dim=8,
-                          projection_class_embeddings_input_dim=text_width + 6 * 8)
+                          projection_class_embeddings_input_dim=width_2 + 6 * 8)
     unet = UNet2DConditionModel(**{**dict(
         sample_size=8, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),

@@ -23,16 +23,12 @@ from tqdm import tqdm
 from ...boxes import box_from_mask, box_mask
 from ...preference.degradations import LOCAL, paste
 from ..render import render
-from ..samples import insertion_examples
+from ..samples import changed_region, insertion_examples
 from ...files import save_image, write_jsonl
 from .placements import implausible_variant
 
 RENDERED = ("floating", "too_large", "too_small")
 KINDS = RENDERED + ("no_shadow",) + tuple(LOCAL)
-
-
-def changed_region(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a - b).abs().amax(0) > 0.03
 
 
 def write(out: Path, n: int, seed: int, size: int = 128, losers_per_example: int = 2) -> dict:
