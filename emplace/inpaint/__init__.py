@@ -1,0 +1,1 @@
+"""Iterative per-object inpainting (IterInpaint): the plan, and cropping and stitching each step."""
