@@ -390,7 +390,8 @@ def train(config: DPOConfig, resume: bool = False) -> int:
                     if config.train_text_encoder and accelerator.num_processes > 1:
                         # the text encoders run outside DDP (through the backend): average their grads here
                         for p in params[len(groups[0]["params"]):]:
-                            p.grad = accelerator.reduce(p.grad, reduction="mean")
+                            if p.grad is not None:  # (SDXL never reads its first encoder's last layer)
+                                p.grad = accelerator.reduce(p.grad, reduction="mean")
                     accelerator.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)

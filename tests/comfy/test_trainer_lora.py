@@ -1,4 +1,5 @@
-"""A LoRA made by `python -m trainer dpo` loads fully in ComfyUI, through the stock loader and the pack's."""
+"""A LoRA made by `python -m trainer dpo` (UNet and text encoder) loads fully in ComfyUI, through the stock
+loader and the pack's."""
 
 from __future__ import annotations
 
@@ -26,16 +27,21 @@ def test_a_trained_lora_patches_every_layer_of_the_matching_comfy_model(comfy, t
     write_jsonl(data / "pairs.jsonl", [{"prompt": "x", "winner": "w.png", "loser": "l.png"}])
     output = comfy.loras / "trained_dpo.safetensors"
     config = DPOConfig(model=model, data=data, output=output, work=tmp_path / "work", steps=2, lr=1e-3, rank=4,
-                       resolution=32, targets="attention+ff")
+                       resolution=32, targets="attention+ff", train_text_encoder=True)
     train(config)
 
     caplog.set_level(logging.WARNING)
-    stock, _ = comfy.nodes.LoraLoader().load_lora(tiny.model, tiny.clip, "trained_dpo.safetensors", 1.0, 0.0)
-    pack = comfy.node["EmplaceLoadPreferenceLora"].execute(model=tiny.model, lora_name="trained_dpo.safetensors",
-                                                          strength_model=1.0, strength_clip=0.0, clip=None).args[0]
+    stock, stock_clip = comfy.nodes.LoraLoader().load_lora(tiny.model, tiny.clip, "trained_dpo.safetensors", 1.0, 1.0)
+    pack, pack_clip, _ = comfy.node["EmplaceLoadPreferenceLora"].execute(
+        model=tiny.model, lora_name="trained_dpo.safetensors", strength_model=1.0, strength_clip=1.0,
+        clip=tiny.clip).args
     from emplace.lora import load_lora
 
-    n_layers = len(load_lora(output).modules)
-    assert n_layers > 0 and len(stock.patches) == n_layers and len(pack.patches) == n_layers
+    modules = load_lora(output).modules
+    n_unet = sum(name.startswith("lora_unet_") for name in modules)
+    n_text = sum(name.startswith("lora_te_") for name in modules)
+    assert n_unet > 0 and n_text > 0 and n_unet + n_text == len(modules)
+    assert len(stock.patches) == len(pack.patches) == n_unet
+    assert len(stock_clip.patcher.patches) == len(pack_clip.patcher.patches) == n_text
     assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()]
 
