@@ -88,11 +88,11 @@ class ToyBackend(Backend):
         return self.model.conditioning(images, masks)
 
     def sample(self, prompts, images, masks, steps=25, guidance=3.0, seed=0):
-        size, native = images.shape[-1], self.model.config.image_size  # the toy model paints at its own size
-        resize = lambda x, s, mode: F.interpolate(x, size=(s, s), mode=mode)  # noqa: E731
-        out = self.model.inpaint(resize(images, native, "bilinear"), resize(masks[:, None], native, "nearest")[:, 0],
+        size, native = tuple(images.shape[-2:]), (self.model.config.image_size,) * 2  # it paints at its own size
+        out = self.model.inpaint(F.interpolate(images, size=native, mode="bilinear"),
+                                 F.interpolate(masks[:, None].float(), size=native, mode="nearest")[:, 0],
                                  prompts, steps=steps, guidance=guidance, seed=seed)
-        return resize(out, size, "bilinear")
+        return out if size == native else F.interpolate(out, size=size, mode="bilinear")
 
 
 class StableDiffusionBackend(Backend):
