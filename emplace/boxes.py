@@ -311,3 +311,38 @@ def to_bbox_list(boxes: Sequence[Box]) -> list[tuple[int, int, int, int]]:
         x0, y0, x1, y1 = b.pixel_bounds()
         out.append((x0, y0, x1 - x0, y1 - y0))
     return out
+
+
+# --- the text form people type into a node ---------------------------------------------------
+
+BOX_SPEC_HELP = ("one box per line: `label: x0 y0 x1 y1` or `label: x0 y0 x1 y1 | prompt`, in pixels, or all four "
+                 "in 0..1 as fractions of the image; blank lines and lines starting with # are skipped. An Emplace "
+                 "boxes JSON document is accepted too.")
+
+
+def parse_boxes(text: str, width: int, height: int) -> Boxes:
+    """Boxes from the node's text form (see BOX_SPEC_HELP); a bad line is reported with its number."""
+    if text.lstrip().startswith("{"):
+        boxes = Boxes.from_json(text)
+        return boxes if boxes.size == (width, height) else boxes_from_any(boxes, width, height)
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        head, _, prompt = line.partition("|")
+        label, colon, coords = head.rpartition(":")
+        try:
+            values = [float(v) for v in coords.replace(",", " ").split()]
+        except ValueError:
+            values = []
+        if not colon or len(values) != 4:
+            raise BoxError(f"line {number}: '{line}' is not `label: x0 y0 x1 y1 [| prompt]` ({BOX_SPEC_HELP})")
+        if all(0 <= v <= 1 for v in values):
+            box = from_fractions(*values, width, height, label=label.strip(), prompt=prompt.strip())
+        else:
+            box = Box(*values, label=label.strip(), prompt=prompt.strip())
+        if box.is_empty:
+            raise BoxError(f"line {number}: '{line}' is an empty box (needs x1 > x0 and y1 > y0)")
+        out.append(box)
+    return Boxes(tuple(out), width, height)

@@ -2,11 +2,17 @@
 
 from comfy_api.latest import ComfyExtension, io
 
+from .boxes import EmplaceBoxes, EmplaceBoxesToMask, EmplaceDrawBoxes
+from .inpaint import EmplaceIterativeInpaint
 from .lora import EmplaceLoadPreferenceLora, EmplaceRegionalPreferenceLora
 
 NODES: list[type[io.ComfyNode]] = [
     EmplaceLoadPreferenceLora,
     EmplaceRegionalPreferenceLora,
+    EmplaceBoxes,
+    EmplaceBoxesToMask,
+    EmplaceDrawBoxes,
+    EmplaceIterativeInpaint,
 ]
 
 

@@ -30,9 +30,11 @@ class IterativeResult:
 
 
 def iterative_inpaint(image: torch.Tensor, steps: list[InpaintStep], inpaint: InpaintFn, colour_match: bool = False,
-                      on_step: Callable[[int, int], None] | None = None) -> IterativeResult:
+                      on_step: Callable[[int, int], None] | None = None,
+                      background_inpaint: InpaintFn | None = None) -> IterativeResult:
     """Paint `steps` (from `plan.plan`) onto `image` [3, H, W] in order.
 
+    The background step uses `background_inpaint` when given (e.g. another denoise strength).
     `on_step(done, total)` runs before each step and after the last: the place to report
     progress and to raise when the user interrupts (the canvas so far is not returned then).
     `colour_match` corrects each result's tone against the canvas ring around its mask.
@@ -50,7 +52,8 @@ def iterative_inpaint(image: torch.Tensor, steps: list[InpaintStep], inpaint: In
         if on_step:
             on_step(i, len(steps))
         crop = stitch.crop(canvas, s.sampling_mask, s.window, target=max(s.size))
-        result = inpaint(crop.image, crop.mask, s.prompt, s.seed)
+        model = background_inpaint if s.box_index is None and background_inpaint is not None else inpaint
+        result = model(crop.image, crop.mask, s.prompt, s.seed)
         if tuple(result.shape) != tuple(crop.image.shape):
             raise ValueError(f"the inpainting model returned {tuple(result.shape)} for a {tuple(crop.image.shape)} "
                              f"crop (step {i}, '{s.prompt}')")

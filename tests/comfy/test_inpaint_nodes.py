@@ -1,0 +1,82 @@
+"""Box nodes and Emplace Iterative Inpaint inside ComfyUI (in-process, tiny models)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+SPEC = "red cube: 4 4 28 30\nlamp: 0.5 0.25 0.9 0.75 | a brass lamp"
+
+
+def run(comfy, node, **inputs):
+    return comfy.node[node].execute(**inputs).args
+
+
+def canvas(h=64, w=72):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(1, h, w, 3, generator=g)
+
+
+def test_boxes_from_text_take_the_image_size_and_report_a_bad_line(comfy):
+    (boxes,) = run(comfy, "EmplaceBoxes", spec=SPEC, width=512, height=512, image=canvas())
+    assert boxes.size == (72, 64)
+    assert [(b.label, b.prompt, b.xyxy) for b in boxes] == [("red cube", "", (4, 4, 28, 30)),
+                                                             ("lamp", "a brass lamp", (36, 16, 64.8, 48))]
+    with pytest.raises(ValueError, match="line 2: 'lamp 1 2 3' is not"):
+        run(comfy, "EmplaceBoxes", spec="cube: 1 1 9 9\nlamp 1 2 3", width=64, height=64)
+
+
+@pytest.mark.parametrize("kind", ["emplace", "bbox", "bounding_box"])
+def test_any_box_type_becomes_a_mask(comfy, kind):
+    (boxes,) = run(comfy, "EmplaceBoxes", spec="a: 4 4 28 30", width=72, height=64)
+    given = {"emplace": boxes, "bbox": [(4, 4, 24, 26)], "bounding_box": {"x": 4, "y": 4, "width": 24, "height": 26}}
+    (mask,) = run(comfy, "EmplaceBoxesToMask", image=canvas(), boxes=given[kind], grow=0, union=True)
+    assert mask.shape == (1, 64, 72) and mask[0, 4:30, 4:28].min() == 1 and mask.sum() == 24 * 26
+
+
+def test_drawn_boxes_leave_the_inside_alone(comfy):
+    (boxes,) = run(comfy, "EmplaceBoxes", spec="a: 10 20 60 60", width=72, height=64)
+    image = canvas()
+    (drawn,) = run(comfy, "EmplaceDrawBoxes", image=image, boxes=boxes, line=2)
+    assert (drawn[0, 40, 10] - image[0, 40, 10]).abs().max() > 0.01  # on the left edge
+    torch.testing.assert_close(drawn[0, 35:55, 20:50], image[0, 35:55, 20:50], atol=1 / 255, rtol=0)
+
+
+def inpaint(comfy, tiny, model, boxes, image, **overrides):
+    settings = dict(model=model, clip=tiny.clip, vae=tiny.vae, image=image, boxes=boxes,
+                    prompt_template="Add {prompt}", negative_prompt="", seed=3, steps=2, cfg=4.0,
+                    sampler_name="euler", scheduler="normal", denoise=1.0, context_padding=0.5,
+                    target_resolution=64, grow=2, feather=4, order="bottom-up", colour_match=True,
+                    background_pass=False, background_prompt="Add gray background", background_denoise=1.0)
+    return run(comfy, "EmplaceIterativeInpaint", **(settings | overrides))
+
+
+@pytest.mark.parametrize("channels", [4, 9])
+def test_iterative_inpaint_changes_only_the_painted_region(comfy, tiny, channels):
+    from tiny_comfy import tiny_model
+
+    model = tiny.model if channels == 4 else tiny_model(in_channels=9)
+    image = canvas()
+    (boxes,) = run(comfy, "EmplaceBoxes", spec=SPEC, width=72, height=64)
+    out, painted, steps = inpaint(comfy, tiny, model, boxes, image)
+    assert out.shape == image.shape and painted.shape == (1, 64, 72) and steps.shape == (2, 64, 72, 3)
+    outside = painted[0] == 0
+    assert outside.any() and torch.equal(out[0][outside], image[0][outside])  # bit for bit
+    assert (out[0][painted[0] == 1] - image[0][painted[0] == 1]).abs().mean() > 0.02
+    again, _, _ = inpaint(comfy, tiny, model, boxes, image)
+    assert torch.equal(out, again)  # seeded
+
+
+def test_the_background_pass_and_no_boxes(comfy, tiny):
+    image = canvas()
+    (boxes,) = run(comfy, "EmplaceBoxes", spec="a: 4 4 28 30", width=72, height=64)
+    out, painted, steps = inpaint(comfy, tiny, tiny.model, boxes, image, background_pass=True, feather=0)
+    assert steps.shape[0] == 2 and painted.min() == 1  # the object, then everything else
+    same, none_painted, _ = inpaint(comfy, tiny, tiny.model, [], image)
+    assert torch.equal(same, image) and none_painted.max() == 0
+
+
+def test_boxes_for_another_image_size_are_refused(comfy, tiny):
+    (boxes,) = run(comfy, "EmplaceBoxes", spec="a: 4 4 28 30", width=128, height=128)
+    with pytest.raises(ValueError, match="made for a 128x128 image, but the image is 72x64"):
+        inpaint(comfy, tiny, tiny.model, boxes, canvas())
