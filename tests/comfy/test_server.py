@@ -12,7 +12,8 @@ from PIL import Image
 from workflow_api import ui_to_api
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
-NODE_IDS = {"EmplaceLoadPreferenceLora", "EmplaceRegionalPreferenceLora"}
+NODE_IDS = {"EmplaceLoadPreferenceLora", "EmplaceRegionalPreferenceLora", "EmplaceBoxes", "EmplaceBoxesToMask",
+            "EmplaceDrawBoxes", "EmplaceIterativeInpaint"}
 
 
 def images(server, history, node_id) -> list[np.ndarray]:
@@ -83,3 +84,22 @@ def test_the_shared_preference_lora_workflow_runs(server):
     assert img.shape == (128, 128, 3)
     shown = history["outputs"]["2"]["text"][0]  # the loader's UI text: what it loaded and the metadata
     assert "emplace_dpo.safetensors:" in shown and "method: dpo" in shown
+
+
+def test_the_shared_iterative_inpaint_workflow_runs(server):
+    picture = (np.random.default_rng(0).random((96, 128, 3)) * 255).astype(np.uint8)
+    Image.fromarray(picture).save(server.base / "input" / "scene.png")
+    workflow = json.loads((WORKFLOWS / "iterative_inpaint.json").read_text())
+    prompt = ui_to_api(workflow, server.get_json("/object_info"), overrides={
+        1: {"ckpt_name": "tiny_sd15.safetensors"},
+        2: {"image": "scene.png"},
+        4: {"steps": 2, "target_resolution": 64},
+    })
+    history = server.run(prompt)
+    (img,) = images(server, history, "5")
+    assert img.shape == picture.shape
+    changed = np.abs(img.astype(int) - picture.astype(int)).max(-1) > 0
+    # the boxes (fractions of 128 x 96) were painted, and far from them nothing changed
+    assert changed[52:74, 16:42].mean() > 0.5 and changed[24:64, 74:100].mean() > 0.5
+    assert not changed[:, 118:].any() and not changed[:5].any()  # beyond grow 4 + feather 8
+    assert len(history["outputs"]["8"]["images"]) == 2  # each step, previewed
