@@ -53,6 +53,20 @@ def _accept(skill: str, split: str, boxes, size: int) -> bool:
     return True
 
 
+def layouts(n: int, skill: str, split: str, g: torch.Generator, size: int = 128):
+    """n (scene, camera, image [3, S, S], annotations) of one skill and split, every object visible."""
+    done = 0
+    while done < n:
+        pairs = [_scene_and_camera(g, skill, split) for _ in range(8)]
+        r = render([s for s, _ in pairs], [c for _, c in pairs], size)
+        for i, (scene, camera) in enumerate(pairs):
+            objs = [a for a in annotate(scene, camera, r, i) if a.box is not None and a.box.area >= 9]
+            if done == n or len(objs) != len(scene.objects) or not _accept(skill, split, [a.box for a in objs], size):
+                continue
+            done += 1
+            yield scene, camera, r.image[i], objs
+
+
 def write(out: Path, n: int, seed: int, size: int = 128) -> dict:
     """n layouts for each skill and split."""
     g = torch.Generator().manual_seed(seed)
@@ -60,22 +74,14 @@ def write(out: Path, n: int, seed: int, size: int = 128) -> dict:
     for skill in SKILLS:
         for split in ("id", "ood"):
             rows, folder = [], out / f"{skill}_{split}"
-            bar = tqdm(total=n, desc=f"layout {skill} {split}", unit="layout")
-            while len(rows) < n:
-                pairs = [_scene_and_camera(g, skill, split) for _ in range(8)]
-                r = render([s for s, _ in pairs], [c for _, c in pairs], size)
-                for i, (scene, camera) in enumerate(pairs):
-                    objs = [a for a in annotate(scene, camera, r, i) if a.box is not None and a.box.area >= 9]
-                    if len(rows) == n or len(objs) != len(scene.objects) or not _accept(skill, split, [a.box for a in objs], size):
-                        continue
-                    k = f"{len(rows):06d}"
-                    save_image(r.image[i], folder / f"{k}.png")
-                    rows.append({"id": k, "image": f"{k}.png", "width": size, "height": size, "skill": skill,
-                                 "split": split, "camera": camera_record(camera),
-                                 "objects": [{"label": a.label, "prompt": a.prompt,
-                                              "box": [round(v, 2) for v in a.box.xyxy]} for a in objs]})
-                    bar.update(1)
-            bar.close()
+            for _, camera, image, objs in tqdm(layouts(n, skill, split, g, size), total=n,
+                                               desc=f"layout {skill} {split}", unit="layout"):
+                k = f"{len(rows):06d}"
+                save_image(image, folder / f"{k}.png")
+                rows.append({"id": k, "image": f"{k}.png", "width": size, "height": size, "skill": skill,
+                             "split": split, "camera": camera_record(camera),
+                             "objects": [{"label": a.label, "prompt": a.prompt,
+                                          "box": [round(v, 2) for v in a.box.xyxy]} for a in objs]})
             write_jsonl(folder / "layouts.jsonl", rows)
             counts[f"{skill}_{split}"] = len(rows)
     return counts
