@@ -88,3 +88,18 @@ def test_the_toy_model_paints_inside_the_boxes_only():
     outside = result.painted == 0
     assert torch.equal(result.image[:, outside], example.background[:, outside])
     assert (result.image - example.background).abs().amax() > 0.1
+
+
+@pytest.mark.parametrize("channels", [4, 9])
+def test_a_tiny_sd_model_paints_through_diffusers(tmp_path, channels):
+    from emplace.diffusion import load_backend
+    from tiny_sd import write_tiny_sd
+
+    backend = load_backend(write_tiny_sd(tmp_path / "sd", in_channels=channels))
+    image = torch.rand(3, 40, 48, generator=torch.Generator().manual_seed(1))
+    boxes = Boxes((Box(4, 4, 20, 20, label="cube"), Box(24, 16, 44, 36, label="ball")), 48, 40)
+    result = iterative_inpaint(image, plan(boxes, (48, 40), feather=2, target=32, background=False),
+                               backend_inpaint(backend, steps=2))
+    outside = result.painted == 0
+    assert torch.equal(result.image[:, outside], image[:, outside])
+    assert (result.image - image)[:, result.painted == 1].abs().mean() > 0.02
