@@ -60,13 +60,6 @@ class CheckpointKind:
         return ("stable-diffusion-v1-5/stable-diffusion-inpainting" if self.inpainting
                 else "stable-diffusion-v1-5/stable-diffusion-v1-5")
 
-    def pipeline_class(self):
-        import diffusers
-
-        name = ("StableDiffusionXL" if self.xl else "StableDiffusion") + ("InpaintPipeline" if self.inpainting
-                                                                          else "Pipeline")
-        return getattr(diffusers, name)
-
     def check_config(self, folder: Path) -> None:
         """The config folder must describe the same architecture as the checkpoint."""
         unet_config = folder / "unet" / "config.json"

@@ -1,8 +1,8 @@
 """Apply a LoRA to a diffusers model in the library (outside ComfyUI): merge its update into the weights.
 
 ComfyUI patches models itself (nodes/lora.py); this serves the trainer's validation images
-and the scene-world evaluation, which sample with diffusers modules. Merging is undone by
-`remove`, so one model serves with and without the LoRA.
+and the scene-world evaluation, which sample with diffusers modules. The merge lasts for a `with` block
+and the weights are restored after it, so one model serves with and without the LoRA.
 """
 
 from __future__ import annotations
