@@ -21,7 +21,7 @@ def tiny_tokenizer(folder: Path) -> int:
 
 
 def write_tiny_sd(folder: Path, xl: bool = False, in_channels: int = 4, seed: int = 0, text_width: int = 32,
-                  text_width_2: int | None = None, **unet_config) -> Path:
+                  text_width_2: int | None = None, vae_channels: tuple[int, int] = (8, 16), **unet_config) -> Path:
     """`unet_config` overrides the UNet's shape (e.g. to match a ComfyUI test model layer for layer);
     `text_width_2` is SDXL's second encoder's width (as in SDXL, it differs from the first's)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -46,7 +46,7 @@ def write_tiny_sd(folder: Path, xl: bool = False, in_channels: int = 4, seed: in
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=context, attention_head_dim=8, norm_num_groups=8), **unet_extra, **unet_config})
     seeded_(unet, seed + 3).save_pretrained(folder / "unet")
-    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 16), latent_channels=4,
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=vae_channels, latent_channels=4,
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         norm_num_groups=8, sample_size=16)
     seeded_(vae, seed + 4, std=0.1)
