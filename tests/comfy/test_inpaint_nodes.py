@@ -67,6 +67,30 @@ def test_iterative_inpaint_changes_only_the_painted_region(comfy, tiny, channels
     assert torch.equal(out, again)  # seeded
 
 
+def test_sdxl_is_conditioned_on_each_crops_size(comfy, tiny):
+    from emplace.boxes import parse_boxes
+    from emplace.inpaint.plan import plan
+    from tiny_comfy import tiny_sdxl_model
+
+    model = tiny_sdxl_model()
+    seen = []
+    encode_adm = model.model.encode_adm
+
+    def recording(**kwargs):
+        seen.append(tuple(kwargs.get(k) for k in ("width", "height", "target_width", "target_height")))
+        return encode_adm(**kwargs)
+
+    model.model.encode_adm = recording
+    image = canvas()
+    (boxes,) = run(comfy, "EmplaceBoxes", spec=SPEC, width=72, height=64)
+    out, painted, _ = inpaint(comfy, tiny, model, boxes, image, target_resolution=48)
+    outside = painted[0] == 0
+    assert torch.equal(out[0][outside], image[0][outside])
+    sizes = [s.size for s in plan(parse_boxes(SPEC, 72, 64), (72, 64), "bottom-up", grow=2, feather=4, padding=0.5, target=48,
+                                  background=False, seed=3)]
+    assert sorted(set(seen)) == sorted({(w, h, w, h) for w, h in sizes})  # each crop's, not the canvas's 72x64
+
+
 def test_the_background_pass_and_no_boxes(comfy, tiny):
     image = canvas()
     (boxes,) = run(comfy, "EmplaceBoxes", spec="a: 4 4 28 30", width=72, height=64)

@@ -56,6 +56,27 @@ def tiny_model(in_channels: int = 4, seed: int = 0):
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
 
 
+def tiny_sdxl_model(in_channels: int = 4, seed: int = 0):
+    """A ModelPatcher around a tiny SDXL-family UNet: ComfyUI's SDXL model class, so the sampler
+    feeds it the pooled text output and the size conditioning (width, height, crop, target)
+    through its label embedding, as for a real SDXL."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    class TinySDXL(comfy.supported_models.SDXL):
+        memory_usage_factor = 1.0
+        unet_extra_config = {}
+
+    pooled_and_sizes = CONTEXT_DIM + 6 * 256  # the tiny CLIP's pooled output + six 256-wide size embeddings
+    config = TinySDXL(unet_config(in_channels) | {"adm_in_channels": pooled_and_sizes, "num_classes": "sequential"})
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({}, "")
+    fill_seeded_(model.diffusion_model, seed)
+    device = comfy.model_management.get_torch_device()
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+
+
 def tiny_clip(seed: int = 1):
     import comfy.sd
     import comfy.sd1_clip
