@@ -14,11 +14,11 @@ import argparse
 import hashlib
 import json
 import time
-import tomllib
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import tomllib
 import torch
 import torch.nn.functional as F
 
@@ -27,6 +27,7 @@ from emplace.preference import losses
 from emplace.weights import load_safetensors, save_safetensors
 
 from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from .loop import batch_indices, plot_curves
 
 TARGETS = {
     "attention": ["to_q", "to_k", "to_v", "to_out.0"],
@@ -149,7 +150,7 @@ class EncodedPairs:
         latents = b.encode_images(images)
         obj = load_mask(pair.object_mask, self.size)
         size = latents.shape[-2:]
-        small = lambda m: F.interpolate(m[None, None], size=size, mode="area")[0]  # noqa: E731
+        small = lambda m: F.interpolate(m[None, None], size=size, mode="area")[0]
         out = {"winners": latents[:-1], "loser": latents[-1], "mask": small(mask),
                "object": small(obj if obj is not None else mask)}
         if b.is_inpainting:
@@ -181,16 +182,6 @@ class EncodedPairs:
         out["index"], out["prompts"] = torch.tensor(indices), [self.pairs[i].prompt for i in indices]
         out["empty_text"] = self.empty_text[None].to(device)
         return out
-
-
-def batch_indices(step: int, n: int, batch: int, seed: int, rank: int, world: int) -> list[int]:
-    """The pairs of one optimisation step, the same whatever was run before (so resuming is exact)."""
-    per_epoch = max(1, n // (batch * world))
-    epoch, offset = divmod(step, per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
-    chunk = order[offset * batch * world:(offset + 1) * batch * world]
-    chunk = (chunk + order)[: batch * world]
-    return chunk[rank::world]
 
 
 def collate(items: list[dict], commonality: bool) -> dict:
@@ -258,7 +249,7 @@ def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, re
     target = sched.get_velocity(x0, noise_all, t_all) if sched.config.prediction_type == "v_prediction" else noise_all
     if w_extra is not None:
         noisy = torch.cat([noisy, torch.cat([w_extra.repeat_interleave(k, 0), l_extra])], 1)
-    rep = lambda x: torch.cat([x.repeat_interleave(k, 0), x])  # noqa: E731
+    rep = lambda x: torch.cat([x.repeat_interleave(k, 0), x])
 
     if config.train_text_encoder:  # the prompts go through the text encoder(s) and their LoRA every step
         prompts = ["" if drop else p for p, drop in zip(batch["prompts"], dropped.tolist())]
@@ -430,7 +421,8 @@ def train(config: DPOConfig, resume: bool = False) -> int:
                             data_summary=f"{len(pairs)} pairs from {config.data.name}", title=config.output.stem)
     save_lora(config.output, lora, build_metadata(record))
     (work / "history.json").write_text(json.dumps(history))
-    plot_curves(history, work / "curves.png", f"{config.method}: {config.data.name}")
+    plot_curves(history, work / "curves.png", f"{config.method}: {config.data.name}",
+                [["loss"], ["accuracy"], ["policy_winner", "policy_loser", "reference_winner", "reference_loser"]])
     if config.validation:
         validation_sheet(accelerator.unwrap_model(unet), backend, data, config, work / "validation.png")
         print(f"validation images (input, without the LoRA, with it, winner): {work / 'validation.png'}")
@@ -468,7 +460,7 @@ def validation_sheet(unet, backend, data: EncodedPairs, config: DPOConfig, path:
     winners = torch.stack([images[0] for images, _ in loaded])
     masks = torch.stack([mask for _, mask in loaded])
     prompts = [p.prompt for p in pairs]
-    sample = lambda: backend.sample(prompts, winners, masks, config.validation_steps,  # noqa: E731
+    sample = lambda: backend.sample(prompts, winners, masks, config.validation_steps,
                                     config.validation_guidance, config.seed)
     modules = [unet, *(backend.text_encoders() if config.train_text_encoder else [])]
     with adapters_disabled(modules):
@@ -477,29 +469,3 @@ def validation_sheet(unet, backend, data: EncodedPairs, config: DPOConfig, path:
     shown = winners * (1 - masks[:, None]) + 0.5 * masks[:, None]
     rows = [[shown[i], without[i], with_lora[i], winners[i]] for i in range(len(pairs))]
     save_image(image_grid(rows, max(1, 256 // data.size)), path)
-
-
-def plot_curves(history: list[dict], path: Path, title: str) -> None:
-    if not history:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [h["step"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    for ax, keys in zip(axes, (["loss"], ["accuracy"], ["policy_winner", "policy_loser", "reference_winner",
-                                                        "reference_loser"])):
-        for key in keys:
-            values = [h[key] for h in history]
-            window = max(1, len(values) // 20)
-            smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
-                      for i in range(len(values))]
-            ax.plot(steps, smooth, label=key)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
