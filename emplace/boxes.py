@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -346,3 +348,31 @@ def parse_boxes(text: str, width: int, height: int) -> Boxes:
             raise BoxError(f"line {number}: '{line}' is an empty box (needs x1 > x0 and y1 > y0)")
         out.append(box)
     return Boxes(tuple(out), width, height)
+
+
+INDEX_HELP = "'0' (the best), '0,2', '0-2', 'all'; indices count from 0 and keep the order given"
+
+
+def parse_indices(spec: str, count: int) -> list[int]:
+    """Indices into `count` boxes from a spec (see INDEX_HELP); repeats are dropped."""
+    text = re.sub(r"\s*-\s*", "-", spec.strip().lower())
+    if text in ("all", "*"):
+        return list(range(count))
+    parts = [p for p in re.split(r"[,;\s]+", text) if p]
+    if not parts:
+        raise ValueError(f"no box index given: {INDEX_HELP}")
+    out: list[int] = []
+    for part in parts:
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise ValueError(f"'{part}' is not a box index or range: {INDEX_HELP}")
+        first, last = int(m[1]), int(m[2] or m[1])
+        if last < first:
+            raise ValueError(f"the range '{part}' runs backwards: write '{last}-{first}'")
+        for i in range(first, last + 1):
+            if i >= count:
+                have = f"there are {count} boxes (0 to {count - 1})" if count else "there are no boxes"
+                raise ValueError(f"box index {i} is out of range: {have}")
+            if i not in out:
+                out.append(i)
+    return out

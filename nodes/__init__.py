@@ -4,6 +4,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .boxes import EmplaceBoxes, EmplaceBoxesToMask, EmplaceDrawBoxes
 from .inpaint import EmplaceIterativeInpaint
+from .location import EmplaceLoadLocationModel, EmplaceProposeLocations, EmplaceSelectBoxes
 from .lora import EmplaceLoadPreferenceLora, EmplaceRegionalPreferenceLora
 
 NODES: list[type[io.ComfyNode]] = [
@@ -13,6 +14,9 @@ NODES: list[type[io.ComfyNode]] = [
     EmplaceBoxesToMask,
     EmplaceDrawBoxes,
     EmplaceIterativeInpaint,
+    EmplaceLoadLocationModel,
+    EmplaceProposeLocations,
+    EmplaceSelectBoxes,
 ]
 
 

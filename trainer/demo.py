@@ -1,8 +1,10 @@
-"""python -m trainer demo: the main job on the embedded default.
+"""python -m trainer demo: the main job on the embedded defaults.
 
-Renders four held-out scenes, takes one object out of each, asks the toy inpainting model
-to put it back from its prompt, writes a PNG sheet (input, mask, result, truth) and prints
-the scene world's verdict. `--eval N` scores N held-out scenes and writes the figures.
+Renders four held-out scenes and takes one object out of each. The toy inpainting model puts
+it back from its prompt at its true box; the location model proposes where an object of that
+kind should go in the empty scene, and the toy model paints it there too. Writes a PNG sheet
+(input, mask, result, truth, proposals, result at the best proposal) and prints the scene
+world's verdicts. `--eval N` scores N held-out scenes and writes the figures.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+
+from emplace.boxes import Box
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "emplace" / "defaults" / "toy_inpaint"
 
@@ -31,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "preference pairs)")
     p.add_argument("--lora", type=Path, help="a LoRA for the toy model (from python -m trainer dpo) to apply")
     p.add_argument("--lora-strength", type=float, default=1.0)
+    p.add_argument("--location-model", type=Path, help="a location model (.safetensors; default: the embedded one)")
+    p.add_argument("--proposals", type=int, default=50, help="boxes the location model samples per scene")
     p.set_defaults(run=run)
 
 
@@ -44,6 +50,7 @@ def lora_applied(model, path: Path | None, strength: float):
 
 
 def run(args: argparse.Namespace) -> int:
+    from emplace.boxes import box_mask
     from emplace.files import image_grid, save_image
     from emplace.scenes.evaluate import HELD_OUT_SEED, evaluate_toy_inpainting, truth_scores
     from emplace.scenes.samples import insertion_examples
@@ -55,14 +62,19 @@ def run(args: argparse.Namespace) -> int:
     examples = insertion_examples(n, HELD_OUT_SEED + args.seed, size=model.config.image_size)
     if args.mask == "region":
         examples = [replace(e, mask=e.region_mask()) for e in examples]
+    proposals = propose_for(examples, args.location_model, args.proposals, args.seed)
+    at_proposals = [replace(e, mask=box_mask(p.best, e.mask.shape[1], e.mask.shape[0], grow=2))
+                    for e, p in zip(examples, proposals)]
     with lora_applied(model, args.lora, args.lora_strength):
         summary, results = evaluate_toy_inpainting(model, examples, args.steps, args.guidance, seed=args.seed)
+        _, proposed_results = evaluate_toy_inpainting(model, at_proposals, args.steps, args.guidance, seed=args.seed)
+    summary["proposal_plausible_rate"] = sum(p.plausible for p in proposals) / n
     args.out.mkdir(parents=True, exist_ok=True)
     shown = min(n, 8)
     rows = []
-    for e, r in zip(examples[:shown], results[:shown]):
+    for e, r, p, pr in zip(examples[:shown], results[:shown], proposals[:shown], proposed_results[:shown]):
         m = e.mask[None].expand(3, -1, -1)
-        rows.append([e.background * (1 - m) + 0.5 * m, m, r, e.image])
+        rows.append([e.background * (1 - m) + 0.5 * m, m, r, e.image, p.preview, pr])
     save_image(image_grid(rows, 4), args.out / "demo.png")
     if args.eval:
         summary["truth"] = truth_scores(examples)
@@ -76,5 +88,40 @@ def run(args: argparse.Namespace) -> int:
     if args.eval:
         t = summary["truth"]
         print(f"on the true renders the same checks give: found {t['found_rate']:.0%}, plausible {t['plausible_rate']:.0%}")
-    print(f"wrote {args.out / 'demo.png'} (columns: input, mask, result, truth)")
+    print(f"location model: its best of {args.proposals} proposed boxes is where the scene world says such an object "
+          f"can stand in {summary['proposal_plausible_rate']:.0%} of {n} scenes")
+    print(f"wrote {args.out / 'demo.png'} (columns: input, mask, result, truth, proposals (heat map of all sampled "
+          f"boxes, the best outlined), result at the best proposal)")
     return 0
+
+
+@dataclass
+class DemoProposal:
+    best: Box  # the most likely of the proposals left after NMS
+    plausible: bool  # the best one, by the scene world's judge
+    preview: torch.Tensor  # [3, H, W]: heat map of every sample, the best box outlined
+
+
+def propose_for(examples, model_path: Path | None, n: int, seed: int) -> list[DemoProposal]:
+    """The location model's proposals for each example's object kind (size and shape) in its empty scene."""
+    from emplace.boxes import Boxes
+    from emplace.location.model import DEFAULT_MODEL, load_location_model
+    from emplace.location.sample import propose
+    from emplace.preview import density_map, draw_boxes, overlay_heat
+    from emplace.scenes.datasets.files import camera_record
+    from emplace.scenes.datasets.location import category_name
+    from emplace.scenes.locations import judge_box
+
+    model = load_location_model(model_path or DEFAULT_MODEL)
+    out = []
+    for i, e in enumerate(examples):
+        category = category_name(e.target.shape, e.target.size)
+        p = propose(model, e.background, category, n, seed=seed + i)
+        size = e.background.shape[-1]
+        empty = {"camera": camera_record(e.camera), "image_size": size,
+                 "objects": [vars(o) for o in e.scene.without(e.target.index).objects]}
+        heat = overlay_heat(e.background, density_map(p.samples, size, size))
+        best = Box(*p.boxes[0].tolist())
+        out.append(DemoProposal(best, judge_box(empty, category, best), draw_boxes(heat, Boxes((best,), size, size), 1,
+                                                                                   False)))
+    return out

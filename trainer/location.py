@@ -211,7 +211,7 @@ def train_loop(model: LocationModel, boxes: BoxSet, items: list, loss_fn, args, 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        stats = {k: float(v) for k, v in out.items()}
+        stats = {k: float(v.detach()) for k, v in out.items()}
         history.append({"step": step, **stats})
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss']:.4f}")
@@ -357,7 +357,7 @@ def run_default(args) -> int:
     work, data = args.work, args.work / "data"
     if not (data / "test_set.csv").is_file():
         data.mkdir(parents=True, exist_ok=True)
-        print(KINDS["location"].write(data, args.n, args.seed, 128))
+        print(KINDS["location"].write(data, args.n, args.seed, 64))  # the encoder sees 64 px anyway
     base = {"data": data, "batch": 64, "seed": args.seed, "flip": True, "checkpoint_every": 500, "resume": False,
             "mixed_precision": "no"}
     pre = work / "pretrain.safetensors"

@@ -1,10 +1,11 @@
 // Emplace frontend extension: show the text a node sends back (ui.text) on the node itself,
-// e.g. what a preference LoRA holds and how it was trained. ComfyUI shows ui.text only for
-// its own Preview Any node, so the pack adds a read-only text box to the nodes listed here.
+// e.g. what a preference LoRA holds and how it was trained, or the labels a location model
+// knows. ComfyUI shows ui.text only for its own Preview Any node, so the pack adds a read-only
+// text box to the nodes listed here.
 import { app } from "../../scripts/app.js";
 import { ComfyWidgets } from "../../scripts/widgets.js";
 
-const NODES_WITH_TEXT = new Set(["EmplaceLoadPreferenceLora"]);
+const NODES_WITH_TEXT = new Set(["EmplaceLoadPreferenceLora", "EmplaceLoadLocationModel"]);
 const WIDGET = "emplace_info";
 
 function infoWidget(node) {
@@ -12,7 +13,7 @@ function infoWidget(node) {
   if (!widget) {
     widget = ComfyWidgets["STRING"](node, WIDGET, ["STRING", { multiline: true }], app).widget;
     widget.element.readOnly = true;
-    widget.element.placeholder = "Run the graph to see what the LoRA holds";
+    widget.element.placeholder = "Run the graph to see what the file holds";
     widget.serialize = false; // display only: never saved into the workflow's widgets_values
   }
   return widget;

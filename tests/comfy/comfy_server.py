@@ -34,11 +34,11 @@ class ComfyServer:
         self.pack_dir = base / "custom_nodes" / "emplace-under-test"
         shutil.copytree(pack_root, self.pack_dir, ignore=shutil.ignore_patterns(
             ".git", ".venv", "__pycache__", ".pytest_cache", "runs", "out"))
-        for name in ("loras", "checkpoints", "input", "output", "temp", "user"):
+        for name in ("loras", "checkpoints", "location_models", "input", "output", "temp", "user"):
             (base / name).mkdir(parents=True, exist_ok=True)
         config = base / "extra_model_paths.yaml"
         config.write_text(f"emplace_test:\n    base_path: {base}\n    custom_nodes: custom_nodes/\n"
-                          "    loras: loras/\n    checkpoints: checkpoints/\n")
+                          "    loras: loras/\n    checkpoints: checkpoints/\n    location_models: location_models/\n")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base / "server.log"

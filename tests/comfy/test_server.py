@@ -7,13 +7,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from workflow_api import ui_to_api
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 NODE_IDS = {"EmplaceLoadPreferenceLora", "EmplaceRegionalPreferenceLora", "EmplaceBoxes", "EmplaceBoxesToMask",
-            "EmplaceDrawBoxes", "EmplaceIterativeInpaint"}
+            "EmplaceDrawBoxes", "EmplaceIterativeInpaint", "EmplaceLoadLocationModel", "EmplaceProposeLocations",
+            "EmplaceSelectBoxes"}
 
 
 def images(server, history, node_id) -> list[np.ndarray]:
@@ -103,3 +105,78 @@ def test_the_shared_iterative_inpaint_workflow_runs(server):
     assert changed[52:74, 16:42].mean() > 0.5 and changed[24:64, 74:100].mean() > 0.5
     assert not changed[:, 118:].any() and not changed[:5].any()  # beyond grow 4 + feather 8
     assert len(history["outputs"]["8"]["images"]) == 2  # each step, previewed
+
+
+DEFAULT_LOCATION_MODEL = "emplace-scene-world (embedded default)"
+
+
+def location_model_for(server) -> str:
+    """The embedded default where it exists, else a small random model in the server's location_models folder."""
+    from emplace.location.model import DEFAULT_MODEL, LocationConfig, LocationModel, save_location_model
+
+    if DEFAULT_MODEL.is_file():
+        return DEFAULT_LOCATION_MODEL
+    path = server.base / "location_models" / "tiny_location.safetensors"
+    if not path.is_file():
+        torch.manual_seed(0)
+        model = LocationModel(LocationConfig(labels=["large_cube", "small_ball"], width=32, layers=1, heads=2,
+                                             image_size=32))
+        save_location_model(model, path)
+    return path.name
+
+
+def background(server, name: str) -> np.ndarray:
+    picture = (np.random.default_rng(1).random((96, 128, 3)) * 255).astype(np.uint8)
+    Image.fromarray(picture).save(server.base / "input" / name)
+    return picture
+
+
+def test_the_shared_propose_locations_workflow_runs(server):
+    model_name = location_model_for(server)
+    picture = background(server, "background.png")
+    info = server.get_json("/object_info")
+    options = info["EmplaceLoadLocationModel"]["input"]["required"]["model_name"][1]["options"]
+    assert options[0] == DEFAULT_LOCATION_MODEL and model_name in options
+    workflow = json.loads((WORKFLOWS / "propose_locations.json").read_text())
+    prompt = ui_to_api(workflow, info, overrides={1: {"image": "background.png"}, 2: {"model_name": model_name}})
+    assert prompt["3"]["inputs"]["label"] == "large cube" and prompt["3"]["inputs"]["count"] == 4
+    history = server.run(prompt)
+    (saved,) = images(server, history, "5")
+    (shown,) = images(server, history, "4")
+    assert saved.shape == picture.shape and np.array_equal(saved, shown)
+    assert np.abs(saved.astype(int) - picture.astype(int)).max() > 50  # the heat map and the boxes
+
+
+def test_the_shared_propose_and_insert_workflow_runs(server):
+    model_name = location_model_for(server)
+    picture = background(server, "insert_into.png")
+    workflow = json.loads((WORKFLOWS / "propose_and_insert.json").read_text())
+    prompt = ui_to_api(workflow, server.get_json("/object_info"), overrides={
+        1: {"image": "insert_into.png"},
+        2: {"ckpt_name": "tiny_sd15.safetensors"},
+        3: {"model_name": model_name},
+        4: {"min_size": 0.15, "max_size": 0.4},
+        6: {"steps": 2, "target_resolution": 64},
+    })
+    assert prompt["5"]["inputs"]["indices"] == "0"
+    # the box Select Boxes chose, drawn as a mask by the server itself
+    prompt["100"] = {"class_type": "EmplaceBoxesToMask", "inputs": {"image": ["1", 0], "boxes": ["5", 0],
+                                                                     "grow": 0, "union": True}}
+    prompt["101"] = {"class_type": "MaskToImage", "inputs": {"mask": ["100", 0]}}
+    prompt["102"] = {"class_type": "SaveImage", "inputs": {"images": ["101", 0], "filename_prefix": "chosen"}}
+    history = server.run(prompt)
+    (img,) = images(server, history, "7")
+    (chosen,) = images(server, history, "102")
+    (proposals,) = images(server, history, "8")
+    assert img.shape == picture.shape and proposals.shape == picture.shape
+    box = chosen[..., 0] > 127
+    ys, xs = np.nonzero(box)
+    w, h = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+    assert box.sum() == w * h  # one box
+    assert 0.15 * 128 - 1 <= w <= 0.4 * 128 + 1 and 0.15 * 96 - 1 <= h <= 0.4 * 96 + 1
+    changed = np.abs(img.astype(int) - picture.astype(int)).max(-1) > 0
+    assert changed[box].mean() > 0.5  # the object was painted into the chosen box
+    reach = 4 + 8  # grow + feather: beyond them nothing changes
+    near = np.zeros_like(box)
+    near[max(ys.min() - reach, 0):ys.max() + reach + 1, max(xs.min() - reach, 0):xs.max() + reach + 1] = True
+    assert changed.any() and not changed[~near].any()

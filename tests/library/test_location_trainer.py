@@ -1,0 +1,102 @@
+"""python -m trainer location: pretraining lowers the loss, DPO widens the margin, eval writes its curves."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from trainer.__main__ import main
+
+TINY = ["--width", "32", "--layers", "1", "--heads", "2", "--image-size", "32", "--bins", "64"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from emplace.scenes.datasets import location
+
+    root = tmp_path_factory.mktemp("location_data")
+    location.write(root, 24, seed=0, size=64)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrained(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain") / "pre.safetensors"
+    assert main(["location", "pretrain", "--data", str(data), "--out", str(out), "--steps", "60", "--batch", "16",
+                 "--lr", "2e-3", "--checkpoint-every", "30", *TINY]) == 0
+    return out
+
+
+def margins(model_path, data):
+    """Mean whole-box log-likelihood margin of each training pair's positive over its negative."""
+    from emplace.location.data import dpo_pairs, load_opa
+    from emplace.location.model import load_location_model
+    from emplace.location.tokens import boxes_to_tokens
+
+    model = load_location_model(model_path)
+    examples = load_opa(data, "train")
+    out = []
+    with torch.no_grad():
+        for i, p, q in dpo_pairs(examples):
+            e = examples[i]
+            boxes = torch.stack([e.positives[p], e.negatives[q]])
+            tokens = boxes_to_tokens(boxes, *e.size, model.config.bins)
+            lp = model.log_prob(e.image()[None].expand(2, -1, -1, -1), [e.category] * 2, tokens)
+            out.append(float(lp[0] - lp[1]))
+    return sum(out) / len(out)
+
+
+def test_pretraining_lowers_the_loss_and_writes_everything(pretrained):
+    work = pretrained.with_name("pre_work")
+    history = json.loads((work / "pretrain_history.json").read_text())
+    first, last = (sum(h["nll"] for h in part) / 10 for part in (history[:10], history[-10:]))
+    assert last < first - 0.3, (first, last)
+    assert pretrained.is_file() and pretrained.with_suffix(".json").is_file()
+    assert (work / "pretrain_curves.png").stat().st_size > 1000
+    assert list((work / "logs" / "pretrain").glob("events.out.tfevents.*"))
+    assert len(list((work / "checkpoints").iterdir())) == 2
+
+
+def test_resuming_gives_the_same_model(data, tmp_path, pretrained):
+    from emplace.weights import load_safetensors
+
+    args = ["location", "pretrain", "--data", str(data), "--batch", "8", "--checkpoint-every", "3", *TINY]
+    assert main([*args, "--out", str(tmp_path / "a.safetensors"), "--steps", "6"]) == 0
+    assert main([*args, "--out", str(tmp_path / "b.safetensors"), "--steps", "3"]) == 0
+    assert main([*args, "--out", str(tmp_path / "b.safetensors"), "--steps", "6", "--resume"]) == 0
+    a, _ = load_safetensors(tmp_path / "a.safetensors")
+    b, _ = load_safetensors(tmp_path / "b.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_dpo_raises_the_margin_of_positives_over_negatives(data, pretrained, tmp_path):
+    out = tmp_path / "dpo.safetensors"
+    assert main(["location", "dpo", "--data", str(data), "--init", str(pretrained), "--out", str(out),
+                 "--steps", "40", "--batch", "16", "--lr", "1e-3", "--beta", "0.5"]) == 0
+    before, after = margins(pretrained, data), margins(out, data)
+    assert after > before + 1.0, (before, after)
+    history = json.loads((tmp_path / "dpo_work" / "dpo_history.json").read_text())
+    assert history[-1]["accuracy"] >= 0.75
+
+
+def test_eval_writes_the_curves_and_judges_top_proposals(data, pretrained, tmp_path, capsys):
+    assert main(["location", "eval", "--data", str(data), "--model", str(pretrained), "--model", str(pretrained),
+                 "--name", "a", "--name", "b", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    curve = summary["a"]["curve"]
+    assert [p["n"] for p in curve] == list(range(10, 101, 10))
+    assert all(b["tpr"] >= a["tpr"] and b["fpr"] >= a["fpr"] for a, b in zip(curve, curve[1:]))
+    assert summary["a"] == summary["b"]  # the same model, the same seed
+    assert 0 <= summary["a"]["top1_plausible"] <= 1
+    assert (tmp_path / "curves.png").stat().st_size > 1000 and (tmp_path / "curves.json").is_file()
+    assert "top-1 plausible" in capsys.readouterr().out
+
+
+def test_bad_data_is_one_clear_line(tmp_path, capsys):
+    (tmp_path / "train_set.csv").write_text("fg_id,bg_id,position,scale,label,img_name,mask_name\n"
+                                            "1,2,[1, 2, 3],0.1,1,a.jpg,b.jpg\n")
+    assert main(["location", "pretrain", "--data", str(tmp_path), "--out", str(tmp_path / "m.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "train_set.csv" in err and "Traceback" not in err
