@@ -36,7 +36,7 @@ from emplace.location.model import (
 from emplace.location.tokens import boxes_to_tokens
 
 from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
-from .loop import batch_indices, plot_curves
+from .loop import batch_indices, plot_curves, scheduled_lr
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--checkpoint-every", type=int, default=500)
         q.add_argument("--resume", action="store_true", help="go on from the latest checkpoint in --work")
         q.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+        q.add_argument("--schedule", default="constant", choices=["constant", "cosine"],
+                       help="the learning rate after a short warm-up: held, or decayed to zero at the last step")
 
     q = stage.add_parser("pretrain", help="positives only: next-token likelihood")
     common(q)
@@ -64,7 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--layers", type=int, default=4)
     q.add_argument("--heads", type=int, default=4)
     q.add_argument("--bins", type=int, default=128)
-    q.add_argument("--image-size", type=int, default=64)
+    q.add_argument("--image-size", type=int, default=64, help="the background's size for the image encoder")
+    q.add_argument("--patch", type=int, default=8, help="pixels per image token side (4, 8, 16 or 32)")
     q.set_defaults(run=run_pretrain)
 
     q = stage.add_parser("dpo", help="positive vs negative boxes against the frozen pretrained model")
@@ -89,8 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--out", type=Path, default=Path("emplace/defaults/location"))
     q.add_argument("--work", type=Path, default=Path("runs/location_default"))
     q.add_argument("--n", type=int, default=3000, help="scene-world backgrounds to render")
-    q.add_argument("--pretrain-steps", type=int, default=3000)
-    q.add_argument("--dpo-steps", type=int, default=600)
+    q.add_argument("--pretrain-steps", type=int, default=3500)
+    q.add_argument("--dpo-steps", type=int, default=400)
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(run=run_default)
 
@@ -153,16 +156,16 @@ def load_examples(data: Path, split: str, pipe: Path | None = None) -> list:
 
 def pretrain_loss(model, boxes: BoxSet, items, flips) -> dict:
     images, labels, (tokens,) = boxes.batch(items, flips)
-    nll = -model.log_prob(images, labels, tokens).mean() / 4
+    nll = -model(images, labels, tokens).mean() / 4
     return {"loss": nll, "nll": nll.detach()}
 
 
 def dpo_loss(model, boxes: BoxSet, items, flips, beta: float, reference, nll_weight: float) -> dict:
     images, labels, (winner, loser) = boxes.batch(items, flips)
     both = torch.cat([winner, loser])
-    policy = model.log_prob(torch.cat([images, images]), labels + labels, both)
+    policy = model(torch.cat([images, images]), labels + labels, both)
     with torch.no_grad():
-        ref = reference.log_prob(torch.cat([images, images]), labels + labels, both)
+        ref = reference(torch.cat([images, images]), labels + labels, both)
     n = len(items)
     margin = (policy[:n] - ref[:n]) - (policy[n:] - ref[n:])
     loss = -F.logsigmoid(beta * margin).mean() - nll_weight * policy[:n].mean() / 4
@@ -200,18 +203,23 @@ def train_loop(model: LocationModel, boxes: BoxSet, items: list, loss_fn, args, 
     while step < args.steps:
         idx = batch_indices(step, len(items), args.batch, args.seed, accelerator.process_index,
                             accelerator.num_processes)
-        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)  # flips: the same after a resume
-        flips = (torch.rand(len(idx), generator=g) < 0.5) & args.flip
+        # flips: drawn for the whole step's batch (all processes), so they follow the items whatever the
+        # number of processes, and are the same after a resume
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        world = accelerator.num_processes
+        flips = (torch.rand(args.batch * world, generator=g) < 0.5)[accelerator.process_index::world] & args.flip
         out = loss_fn(model, boxes, [items[i] for i in idx], flips, **loss_args)
         if not torch.isfinite(out["loss"]):
             raise FloatingPointError(f"the loss became {out['loss'].item()} at step {step}; the last good checkpoint "
                                      f"is in {work / 'checkpoints'} (lower --lr, then --resume)")
         accelerator.backward(out["loss"])
         accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = scheduled_lr(args.lr, step, args.steps, min(100, args.steps // 10), args.schedule)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        stats = {k: float(v.detach()) for k, v in out.items()}
+        stats = {k: float(v.detach()) for k, v in out.items()} | {"lr": optimizer.param_groups[0]["lr"]}
         history.append({"step": step, **stats})
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss']:.4f}")
@@ -245,7 +253,7 @@ def run_pretrain(args) -> int:
     examples = load_examples(args.data, "train", args.pipe)
     labels = sorted({e.category for e in examples})
     config = LocationConfig(labels=labels, bins=args.bins, width=args.width, layers=args.layers, heads=args.heads,
-                            image_size=args.image_size)
+                            image_size=args.image_size, image_encoder={"kind": "conv", "patch": args.patch})
     torch.manual_seed(args.seed)
     model = LocationModel(config)
     boxes = BoxSet.build(examples, model)
@@ -262,9 +270,7 @@ def run_dpo(args) -> int:
     work = _work(args)
     reference = load_location_model(args.init)
     reference.requires_grad_(False)
-    model = copy.deepcopy(reference).requires_grad_(True)
-    for name, p in model.named_parameters():  # frozen encoders stay frozen
-        p.requires_grad_(".frozen." not in name)
+    model = copy.deepcopy(reference).make_trainable()
     boxes = BoxSet.build(load_examples(args.data, "train"), model)
     print(f"dpo on {len(boxes.pairs)} positive/negative pairs, beta {args.beta}")
     model = train_loop(model, boxes, boxes.pairs, dpo_loss, args, work, "dpo", beta=args.beta, reference=reference,
@@ -327,7 +333,7 @@ def top1_plausible(model, examples, records: dict, temperature: float, seed: int
     good = 0
     for e in examples:
         best = propose(model, e.image(), e.category, n, temperature=temperature, seed=seed).boxes[0]
-        good += judge_box(records[e.key], e.category, best.tolist())
+        good += judge_box(records[e.image_path.stem], e.category, best.tolist())  # bg_id
     return good / max(1, len(examples))
 
 
@@ -359,11 +365,11 @@ def run_default(args) -> int:
         data.mkdir(parents=True, exist_ok=True)
         print(KINDS["location"].write(data, args.n, args.seed, 64))  # the encoder sees 64 px anyway
     base = {"data": data, "batch": 64, "seed": args.seed, "flip": True, "checkpoint_every": 500, "resume": False,
-            "mixed_precision": "no"}
+            "mixed_precision": "no", "schedule": "constant"}
     pre = work / "pretrain.safetensors"
     if not pre.is_file():
         run_pretrain(argparse.Namespace(**base, out=pre, work=work / "pretrain", steps=args.pretrain_steps, lr=3e-4,
-                                        pipe=None, width=128, layers=4, heads=4, bins=128, image_size=64))
+                                        pipe=None, width=128, layers=4, heads=4, bins=128, image_size=64, patch=16))
     dpo = work / "dpo.safetensors"
     run_dpo(argparse.Namespace(**base, out=dpo, work=work / "dpo", steps=args.dpo_steps, lr=5e-5, init=pre,
                                beta=0.5, nll_weight=0.0))

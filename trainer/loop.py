@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -15,6 +16,20 @@ def batch_indices(step: int, n: int, batch: int, seed: int, rank: int, world: in
     chunk = order[offset * batch * world:(offset + 1) * batch * world]
     chunk = (chunk + order)[: batch * world]
     return chunk[rank::world]
+
+
+
+def scheduled_lr(lr: float, step: int, steps: int, warmup: int, schedule: str = "constant") -> float:
+    """A linear warm-up over `warmup` steps, then `lr` held ("constant") or decayed to zero at `steps`
+    ("cosine"). A function of the step alone, so a resumed run follows the same schedule without
+    saving any scheduler state."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+    raise ValueError(f"unknown learning-rate schedule '{schedule}' (constant or cosine)")
 
 
 def plot_curves(history: list[dict], path: Path, title: str, panels: list[list[str]]) -> None:

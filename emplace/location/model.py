@@ -52,7 +52,8 @@ class LocationConfig:
     layers: int = 4
     heads: int = 4
     image_size: int = 64  # the background is resized to image_size x image_size for the encoder
-    image_encoder: dict = field(default_factory=lambda: {"kind": "conv"})  # or {"kind": "clip_vision", "path": ...}
+    # {"kind": "conv", "patch": 8} (one token per patch x patch pixels) or {"kind": "clip_vision", "path": ...}
+    image_encoder: dict = field(default_factory=lambda: {"kind": "conv", "patch": 8})
     class_encoder: dict = field(default_factory=lambda: {"kind": "vocabulary"})  # or {"kind": "clip_text", "path": ...}
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
@@ -76,17 +77,21 @@ def normalise_label(label: str) -> str:
 
 
 class ConvImageEncoder(nn.Module):
-    """Three stride-2 convolutions: an image_size image becomes (image_size / 8)^2 patch tokens."""
+    """Stride-2 convolutions down to one token per `patch` x `patch` pixels: (image_size / patch)^2 tokens."""
 
-    def __init__(self, width: int, image_size: int):
+    def __init__(self, width: int, image_size: int, patch: int = 8):
         super().__init__()
-        if image_size % 8:
-            raise ValueError(f"image_size must be a multiple of 8, got {image_size}")
-        self.net = nn.Sequential(
-            nn.Conv2d(3, 32, 3, 2, 1), nn.GroupNorm(8, 32), nn.SiLU(),
-            nn.Conv2d(32, 64, 3, 2, 1), nn.GroupNorm(8, 64), nn.SiLU(),
-            nn.Conv2d(64, width, 3, 2, 1))
-        self.tokens = (image_size // 8) ** 2
+        if patch not in (4, 8, 16, 32) or image_size % patch:
+            raise ValueError(f"the conv encoder's patch must be 4, 8, 16 or 32 and divide image_size, got patch "
+                             f"{patch} at image_size {image_size}")
+        widths = [3] + [min(32 * 2 ** i, width) for i in range(patch.bit_length() - 2)] + [width]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths, widths[1:])):
+            layers.append(nn.Conv2d(a, b, 3, 2, 1))
+            if i < len(widths) - 2:
+                layers += [nn.GroupNorm(8, b), nn.SiLU()]
+        self.net = nn.Sequential(*layers)
+        self.tokens = (image_size // patch) ** 2
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images * 2 - 1).flatten(2).transpose(1, 2)
@@ -184,7 +189,7 @@ class LocationModel(nn.Module):
         self.config = config
         image, cls = config.image_encoder.get("kind"), config.class_encoder.get("kind")
         if image == "conv":
-            self.image_encoder = ConvImageEncoder(config.width, config.image_size)
+            self.image_encoder = ConvImageEncoder(config.width, config.image_size, config.image_encoder.get("patch", 8))
         elif image == "clip_vision":
             self.image_encoder = ClipImageEncoder(config.width, config.image_encoder.get("path", ""))
         else:
@@ -201,6 +206,14 @@ class LocationModel(nn.Module):
             n_embd=config.width, n_layer=config.layers, n_head=config.heads, n_positions=self.prefix_length + 4,
             vocab_size=1, bos_token_id=None, eos_token_id=None, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0))
         self.head = nn.Linear(config.width, config.bins)
+        self.make_trainable()
+
+    def make_trainable(self) -> LocationModel:
+        """Gradients for everything trained: not the frozen CLIP encoders, nor GPT-2's word embedding
+        (the decoder is fed embeddings; an unused parameter would also stall DistributedDataParallel)."""
+        for name, p in self.named_parameters():
+            p.requires_grad_(".frozen." not in name and not name.startswith("decoder.wte."))
+        return self
 
     @property
     def labels(self) -> list[str]:
@@ -233,6 +246,8 @@ class LocationModel(nn.Module):
         """[B]: the log-likelihood of each whole box (the sum over its four tokens)."""
         logp = self.logits(images, labels, tokens).log_softmax(-1)
         return logp.gather(-1, tokens.to(logp.device)[..., None])[..., 0].sum(-1)
+
+    forward = log_prob  # what training calls, so a DistributedDataParallel wrapper sees it
 
 
 # --- files ------------------------------------------------------------------------------------

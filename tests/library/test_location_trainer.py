@@ -100,3 +100,32 @@ def test_bad_data_is_one_clear_line(tmp_path, capsys):
     assert main(["location", "pretrain", "--data", str(tmp_path), "--out", str(tmp_path / "m.safetensors")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "train_set.csv" in err and "Traceback" not in err
+
+
+def test_two_processes_train_as_one_with_twice_the_batch(data, tmp_path):
+    """torchrun with 2 CPU processes of batch 4 gives the model of one process with batch 8 (DDP, gloo)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from emplace.weights import load_safetensors
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed next to this Python")
+    root = Path(__file__).resolve().parents[2]
+    args = ["location", "pretrain", "--data", str(data), "--lr", "1e-3", *TINY]
+    assert main([*args, "--steps", "0", "--out", str(tmp_path / "start.safetensors")]) == 0
+    args += ["--steps", "2"]
+    assert main([*args, "--batch", "8", "--out", str(tmp_path / "one.safetensors")]) == 0
+    two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29541", "-m", "trainer", *args,
+                          "--batch", "4", "--out", str(tmp_path / "two.safetensors")], cwd=root, capture_output=True,
+                         text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, _ = load_safetensors(tmp_path / "one.safetensors")
+    b, _ = load_safetensors(tmp_path / "two.safetensors")
+    start, _ = load_safetensors(tmp_path / "start.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-5)
+    assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-4  # it did train, well above the tolerance
