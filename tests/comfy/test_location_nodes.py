@@ -96,7 +96,7 @@ def test_bad_files_give_the_librarys_reason(comfy, location_folder):
     cases = {"a_lora.safetensors": "is not an Emplace location model .*LoRA",
              "pickled.safetensors": "is a PyTorch pickle",
              "no_config.safetensors": "has no config beside it: no_config.json is missing",
-             "bad_config.safetensors": "could not be built as a location model.*multiple of 8",
+             "bad_config.safetensors": "could not be built as a location model.*divide image_size",
              "not_there.safetensors": "is not in ComfyUI's location_models folder"}
     for name, message in cases.items():
         with pytest.raises((ValueError, FileNotFoundError), match=message):
