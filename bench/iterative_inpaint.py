@@ -60,6 +60,7 @@ def main() -> None:
 
     comfy.cli_args.args.cpu = True
     import comfy.sd
+
     import nodes
 
     assert asyncio.run(nodes.load_custom_node(str(PACK_ROOT))), "the pack failed to load"
@@ -75,7 +76,7 @@ def main() -> None:
                     negative_prompt="", seed=1, steps=args.steps, cfg=5.0, sampler_name="euler", scheduler="normal",
                     denoise=1.0, context_padding=0.5, target_resolution=args.crop, grow=4, feather=8, order="given",
                     colour_match=True, background_pass=False, background_prompt="", background_denoise=1.0)
-    encode = lambda text: clip.encode_from_tokens_scheduled(clip.tokenize(text))  # noqa: E731
+    encode = lambda text: clip.encode_from_tokens_scheduled(clip.tokenize(text))
     negative = encode("")
 
     # the node's own core calls (inpaint conditioning, KSampler, VAE decode), recorded once, replayed bare

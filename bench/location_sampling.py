@@ -20,8 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emplace.location.model import DEFAULT_MODEL, load_location_model  # noqa: E402
-from emplace.location.sample import propose  # noqa: E402
+from emplace.location.model import DEFAULT_MODEL, load_location_model
+from emplace.location.sample import propose
 
 
 def main() -> None:

@@ -149,19 +149,23 @@ def iou(a: Box, b: Box) -> float:
     return float(iou_matrix(torch.tensor([a.xyxy]), torch.tensor([b.xyxy]))[0, 0])
 
 
-def nms(boxes: Boxes, iou_threshold: float = 0.5) -> Boxes:
-    """Greedy non-maximum suppression: keep the best-scored box of every overlapping group.
-
-    The result is sorted by score, best first (ties keep their input order).
-    """
-    order = sorted(range(len(boxes)), key=lambda i: -boxes[i].score)
-    if not order:
-        return boxes
-    overlaps = iou_matrix(boxes.tensor(), boxes.tensor())
+def nms_indices(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.5) -> list[int]:
+    """Greedy non-maximum suppression over [N, 4] boxes: the indices kept, best score first (ties keep
+    their input order). A box is dropped when it overlaps a kept, better one by more than the threshold."""
+    order = torch.as_tensor(scores, dtype=torch.float64).reshape(-1).sort(descending=True, stable=True).indices.tolist()
+    if not order or iou_threshold >= 1:
+        return order
+    overlaps = iou_matrix(boxes.reshape(-1, 4), boxes.reshape(-1, 4)).tolist()
     kept: list[int] = []
     for i in order:
-        if all(overlaps[i, j] <= iou_threshold for j in kept):
+        if all(overlaps[i][j] <= iou_threshold for j in kept):
             kept.append(i)
+    return kept
+
+
+def nms(boxes: Boxes, iou_threshold: float = 0.5) -> Boxes:
+    """Greedy non-maximum suppression (`nms_indices`) of scored boxes, best first."""
+    kept = nms_indices(boxes.tensor(), torch.tensor([b.score for b in boxes]), iou_threshold)
     return boxes.with_boxes(boxes[i] for i in kept)
 
 

@@ -52,7 +52,11 @@ def lora_applied(model, path: Path | None, strength: float):
 def run(args: argparse.Namespace) -> int:
     from emplace.boxes import box_mask
     from emplace.files import image_grid, save_image
-    from emplace.scenes.evaluate import HELD_OUT_SEED, evaluate_toy_inpainting, truth_scores
+    from emplace.scenes.evaluate import (
+        HELD_OUT_SEED,
+        evaluate_toy_inpainting,
+        truth_scores,
+    )
     from emplace.scenes.samples import insertion_examples
     from emplace.scenes.toy_inpaint import ToyInpaintModel
 

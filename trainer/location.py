@@ -113,8 +113,9 @@ class BoxSet:
 
     @classmethod
     def build(cls, examples, model: LocationModel) -> BoxSet:
-        from emplace.location.data import dpo_pairs
         from tqdm import tqdm
+
+        from emplace.location.data import dpo_pairs
 
         bins = model.config.bins
         images, labels, positives, tokens = [], [], [], []
@@ -290,7 +291,6 @@ def evaluate_models(data: Path, models: dict[str, Path], out: Path, split: str =
     data (scenes.jsonl present) also the share of top-1 proposals the world judges plausible."""
     from emplace.location.evaluate import compare_curves, save_curves, tpr_fpr_curve
     from emplace.location.evaluate import plot_curves as plot_tpr_fpr
-
     from emplace.location.sample import propose
 
     examples = [e for e in load_examples(data, split) if len(e.positives) or len(e.negatives)]
@@ -326,9 +326,8 @@ def _scene_records(data: Path) -> dict:
 
 def top1_plausible(model, examples, records: dict, temperature: float, seed: int, n: int = 20) -> float:
     """The share of test backgrounds whose most likely of n proposals the scene world judges plausible."""
-    from emplace.scenes.locations import judge_box
-
     from emplace.location.sample import propose
+    from emplace.scenes.locations import judge_box
 
     good = 0
     for e in examples:

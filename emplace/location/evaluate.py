@@ -169,7 +169,9 @@ def _write_atomically(path: Path, write: Callable[[str], None]) -> Path:
 
 def plot_curves(curves: dict[str, Sequence[CurvePoint]], path: Path, title: str) -> Path:
     """A PNG of TPR against FPR, one line per model, each point marked with its n."""
-    from matplotlib.figure import Figure  # a bare Figure draws with Agg and leaves pyplot's backend alone
+    from matplotlib.figure import (
+        Figure,  # a bare Figure draws with Agg and leaves pyplot's backend alone
+    )
 
     fig = Figure(figsize=(5.5, 4.5))
     ax = fig.subplots()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..boxes import iou_matrix
+from ..boxes import nms_indices
 from .model import LocationModel, LocationModelError
 from .tokens import size_range_in_bins, tokens_to_boxes
 
@@ -145,19 +145,6 @@ def sample_tokens(model: LocationModel, image: torch.Tensor, label: str, n: int,
     return tokens, score, alive
 
 
-def nms_order(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Indices of the boxes kept by greedy NMS, best score first."""
-    order = scores.argsort(descending=True)
-    if iou_threshold >= 1:
-        return order
-    overlaps = iou_matrix(boxes[order], boxes[order])
-    keep: list[int] = []
-    for i in range(len(order)):
-        if all(overlaps[i, j] <= iou_threshold for j in keep):
-            keep.append(i)
-    return order[keep]
-
-
 def propose(model: LocationModel, image: torch.Tensor, label: str, n: int = 100, *, temperature: float = 1.0,
             top_k: int = 0, top_p: float = 1.0, seed: int = 0, region: torch.Tensor | None = None,
             min_size: float = 0.0, max_size: float = 1.0, nms_iou: float = 0.5, use_cache: bool = True,
@@ -187,5 +174,5 @@ def propose(model: LocationModel, image: torch.Tensor, label: str, n: int = 100,
     if len(tokens) == 0:
         raise LocationModelError(f"no box between {min_size} and {max_size} of the image side fits inside the region")
     samples = tokens_to_boxes(tokens, width, height, model.config.bins)
-    keep = nms_order(samples, scores, nms_iou)
+    keep = nms_indices(samples, scores, nms_iou)
     return Proposals(samples[keep], scores[keep], samples, scores)

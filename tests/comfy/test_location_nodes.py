@@ -25,7 +25,11 @@ def canvas(h=48, w=64):
 
 
 def write_tiny_location_model(path, seed=0):
-    from emplace.location.model import LocationConfig, LocationModel, save_location_model
+    from emplace.location.model import (
+        LocationConfig,
+        LocationModel,
+        save_location_model,
+    )
 
     torch.manual_seed(seed)
     model = LocationModel(LocationConfig(labels=LABELS, width=32, layers=1, heads=2, image_size=32))

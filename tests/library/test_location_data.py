@@ -12,14 +12,35 @@ import torch
 
 from emplace.boxes import Box, iou
 from emplace.files import save_image
-from emplace.location.data import LocationDataError, LocationExample, dpo_pairs, load_opa, load_pipe
-from emplace.location.evaluate import (CurvePoint, EvaluationError, compare_curves, count_hits, load_curves,
-                                       plot_curves, save_curves, tpr_at_fpr, tpr_fpr_curve)
+from emplace.location.data import (
+    LocationDataError,
+    LocationExample,
+    dpo_pairs,
+    load_opa,
+    load_pipe,
+)
+from emplace.location.evaluate import (
+    CurvePoint,
+    EvaluationError,
+    compare_curves,
+    count_hits,
+    load_curves,
+    plot_curves,
+    save_curves,
+    tpr_at_fpr,
+    tpr_fpr_curve,
+)
 from emplace.scenes.datasets import location, removal
 from emplace.scenes.datasets.files import camera_from_record, camera_record
 from emplace.scenes.geometry import amodal_box
-from emplace.scenes.locations import (SceneRecordError, judge_box, load_scene_records, parse_category,
-                                      resting_objects, scene_from_record)
+from emplace.scenes.locations import (
+    SceneRecordError,
+    judge_box,
+    load_scene_records,
+    parse_category,
+    resting_objects,
+    scene_from_record,
+)
 from emplace.scenes.world import Camera, SceneObject
 
 HEADER = "fg_id,bg_id,position,scale,label,img_name,mask_name"

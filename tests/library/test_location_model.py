@@ -7,8 +7,13 @@ import json
 import pytest
 import torch
 
-from emplace.location.model import (LocationConfig, LocationModel, LocationModelError, load_location_model,
-                                    save_location_model)
+from emplace.location.model import (
+    LocationConfig,
+    LocationModel,
+    LocationModelError,
+    load_location_model,
+    save_location_model,
+)
 from emplace.location.sample import filter_logits, propose
 from emplace.location.tokens import boxes_to_tokens, size_range_in_bins, tokens_to_boxes
 from emplace.weights import WeightsFileError
@@ -130,7 +135,12 @@ def test_saved_models_load_and_wrong_files_are_refused(model, tmp_path):
 
 
 def test_frozen_clip_encoders_plug_in_from_local_folders(tmp_path):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+    )
 
     torch.manual_seed(0)
     CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
