@@ -36,6 +36,7 @@ Methods (the seeds leave details open; what was chosen is written here):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -129,4 +130,38 @@ def differential_crop_boxes(height: int, width: int, g: torch.Generator, min_kee
     return crop(), crop()
 
 
-METHODS = ("dpo", "mask-dpo", "asymmetric", "commonality", "asap")
+# --- the methods, by name -------------------------------------------------------------------------
+
+
+class Settings(Protocol):
+    """The loss settings a method reads (the trainer's config has them all)."""
+
+    beta: float
+    lam: float
+    alpha: float
+    tau: float
+    link: str
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a method prepares a pair and scores it. `loss` takes the errors of every winner
+    ([B, K, C, H, W] policy and reference), of the loser ([B, C, H, W]), the pair's regions at
+    latent size ({"mask": inpaint mask, "object": object mask}, each [B, 1, H, W]) and the settings."""
+
+    loss: Callable[..., PreferenceLoss]
+    all_winners: bool = False  # K winners per pair (else only the first is used)
+    differential_crops: bool = False  # winner and loser seen through different random crops
+
+
+METHODS: dict[str, Method] = {
+    "dpo": Method(lambda e_w, e_l, r_w, r_l, regions, s: dpo(e_w[:, 0], e_l, r_w[:, 0], r_l, s.beta)),
+    "mask-dpo": Method(lambda e_w, e_l, r_w, r_l, regions, s: mask_dpo(
+        e_w[:, 0], e_l, r_w[:, 0], r_l, regions["object"], s.beta, s.lam)),
+    "asymmetric": Method(lambda e_w, e_l, r_w, r_l, regions, s: asymmetric(e_w[:, 0], e_l, r_w[:, 0], r_l, s.beta),
+                         differential_crops=True),
+    "commonality": Method(lambda e_w, e_l, r_w, r_l, regions, s: commonality(e_w, e_l, r_w, r_l, s.beta),
+                          all_winners=True),
+    "asap": Method(lambda e_w, e_l, r_w, r_l, regions, s: asap(
+        e_w[:, 0], e_l, r_w[:, 0], r_l, regions["mask"], s.alpha, s.tau, s.link, s.beta)),
+}

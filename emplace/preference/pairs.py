@@ -7,10 +7,12 @@ One JSON object per line, paths relative to the folder:
      "loser": "l.png",
      "mask": "m.png",                                 optional: the inpainting mask (white = inpaint)
      "object_mask": "o.png",                          optional: the object's pixels (MaskDPO's foreground)
-     "crop_winner": [x0, y0, x1, y1], "crop_loser": [...],   optional: fixed differential crops
-     "group": "g1"}                                   optional: lines of one condition
+     ...}                                             any other keys ("group", "kind", ...) are kept as
+                                                      provenance in `extra`; training does not read them
 
-Every bad line is reported with its number and reason, all at once.
+Every bad line is reported with its number and reason, all at once. Keys that look like
+training inputs but are not supported (`crop_winner`, `crop_loser`: the asymmetric method
+draws its own crops every step) are refused rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -32,9 +34,6 @@ class PreferencePair:
     loser: Path
     mask: Path | None = None
     object_mask: Path | None = None
-    crop_winner: tuple[int, int, int, int] | None = None
-    crop_loser: tuple[int, int, int, int] | None = None
-    group: str = ""
     extra: dict = field(default_factory=dict, compare=False)
 
 
@@ -47,13 +46,8 @@ def _path(folder: Path, value, name: str) -> Path:
     return path
 
 
-def _crop(value, name: str) -> tuple[int, int, int, int] | None:
-    if value is None:
-        return None
-    if not (isinstance(value, list) and len(value) == 4 and all(isinstance(v, int) for v in value)
-            and value[2] > value[0] and value[3] > value[1]):
-        raise ValueError(f"'{name}' must be [x0, y0, x1, y1] whole pixels with x1 > x0 and y1 > y0, got {value!r}")
-    return tuple(value)
+UNSUPPORTED = {"crop_winner": "the asymmetric method draws its own differential crops every step",
+               "crop_loser": "the asymmetric method draws its own differential crops every step"}
 
 
 def parse_line(folder: Path, number: int, text: str) -> PreferencePair:
@@ -69,13 +63,15 @@ def parse_line(folder: Path, number: int, text: str) -> PreferencePair:
     winners = row["winner"] if isinstance(row["winner"], list) else [row["winner"]]
     if not winners:
         raise ValueError("'winner' is an empty list")
-    known = {"prompt", "caption", "winner", "loser", "mask", "object_mask", "crop_winner", "crop_loser", "group"}
+    for key, why in UNSUPPORTED.items():
+        if key in row:
+            raise ValueError(f"'{key}' is not supported ({why}); remove it")
+    known = {"prompt", "caption", "winner", "loser", "mask", "object_mask"}
     return PreferencePair(
         number, prompt, tuple(_path(folder, w, "winner") for w in winners), _path(folder, row["loser"], "loser"),
         _path(folder, row["mask"], "mask") if row.get("mask") else None,
         _path(folder, row["object_mask"], "object_mask") if row.get("object_mask") else None,
-        _crop(row.get("crop_winner"), "crop_winner"), _crop(row.get("crop_loser"), "crop_loser"),
-        str(row.get("group", "")), {k: v for k, v in row.items() if k not in known})
+        {k: v for k, v in row.items() if k not in known})
 
 
 def load_pairs(folder: str | Path) -> list[PreferencePair]:

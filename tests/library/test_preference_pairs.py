@@ -17,11 +17,10 @@ def folder_with(tmp_path, lines):
 def test_good_lines_load_with_one_or_several_winners(tmp_path):
     pairs = load_pairs(folder_with(tmp_path, [
         json.dumps({"prompt": "a red cube", "winner": "w.png", "loser": "l.png", "mask": "m.png"}),
-        json.dumps({"prompt": "a red cube", "winner": ["w.png", "w2.png"], "loser": "l.png", "group": "g",
-                    "crop_winner": [0, 0, 8, 8]}),
+        json.dumps({"prompt": "a red cube", "winner": ["w.png", "w2.png"], "loser": "l.png", "group": "g"}),
     ]))
     assert [len(p.winners) for p in pairs] == [1, 2] and pairs[0].mask.name == "m.png"
-    assert pairs[1].crop_winner == (0, 0, 8, 8) and pairs[1].group == "g"
+    assert pairs[1].extra == {"group": "g"}  # provenance, kept but not trained on
 
 
 def test_every_bad_line_is_reported_with_its_number(tmp_path):
@@ -30,14 +29,14 @@ def test_every_bad_line_is_reported_with_its_number(tmp_path):
         "{not json",
         json.dumps({"prompt": "x", "winner": "missing.png", "loser": "l.png"}),
         json.dumps({"winner": "w.png", "loser": "l.png"}),
-        json.dumps({"prompt": "x", "winner": "w.png", "loser": "l.png", "crop_loser": [5, 5, 2, 2]}),
+        json.dumps({"prompt": "x", "winner": "w.png", "loser": "l.png", "crop_loser": [0, 0, 2, 2]}),
     ])
     with pytest.raises(PairDataError) as err:
         load_pairs(folder)
     text = str(err.value)
     assert "4 bad line(s)" in text
     assert "line 2: not JSON" in text and "line 3: 'winner' file missing.png does not exist" in text
-    assert "line 4: 'prompt' is missing" in text and "line 5: 'crop_loser' must be" in text
+    assert "line 4: 'prompt' is missing" in text and "line 5: 'crop_loser' is not supported" in text
 
 
 def test_a_folder_without_pairs_is_refused(tmp_path):
