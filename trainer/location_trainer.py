@@ -9,9 +9,8 @@
   on scene-world data, the share of top-1 proposals the world judges plausible;
 - default: the embedded default, end to end (data, pretrain, dpo, eval).
 
-One loop serves pretrain and dpo, as the preference trainer's does: accelerate (devices,
-mixed precision, several processes), a deterministic batch order, atomic checkpoints and
-exact `--resume`, tqdm, TensorBoard, a curves PNG, a NaN guard.
+Pretrain and dpo run on the trainer's one skeleton (trainer/loop.py); their losses are in
+emplace/location/losses.py.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from emplace.location.model import (
     LocationConfig,
@@ -33,49 +31,65 @@ from emplace.location.model import (
     load_location_model,
     save_location_model,
 )
+from emplace.location.losses import box_dpo_loss, pretrain_loss
 from emplace.location.tokens import boxes_to_tokens
 
-from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
-from .loop import batch_indices, plot_curves, scheduled_lr
+from .config import TrainingConfig, add_config_arguments, config_from_args, setting
+from .loop import Run, batch_indices, phase, start
+from .loop import train as train_loop
+
+
+@dataclass(kw_only=True)
+class LocationTrainingConfig(TrainingConfig):
+    """What pretraining and DPO share."""
+
+    data: Path = setting(help="an OPA-layout folder (e.g. from `scenes location`)")
+    out: Path = setting(help="the model file to write (.safetensors)")
+    work: Path | None = setting(None, "checkpoints, TensorBoard logs, curves (default: beside out)")
+    steps: int = setting(2000, "optimisation steps", low=0)
+    batch: int = setting(64, "boxes per process and step", low=1)
+    lr: float = setting(3e-4, "peak learning rate", low=0.0)
+    warmup: int = setting(100, "linear warm-up steps (at most a tenth of the run)", low=0)
+    checkpoint_every: int = setting(500, "steps between checkpoints (also one at the end)", low=1)
+    log_every: int = setting(1, "steps between TensorBoard points", low=1)
+    flip: bool = setting(True, "random horizontal flips (they keep a ground-plane scene plausible)")
+
+    def validate(self) -> None:
+        if self.work is None:
+            self.work = self.out.with_name(self.out.stem + "_work")
+
+
+@dataclass(kw_only=True)
+class PretrainConfig(LocationTrainingConfig):
+    pipe: Path | None = setting(None, "also PIPE-style removal pairs (pairs.jsonl) as positives")
+    width: int = setting(128, "decoder width", low=8)
+    layers: int = setting(4, "decoder layers", low=1)
+    heads: int = setting(4, "attention heads", low=1)
+    bins: int = setting(128, "coordinate bins per axis", low=2)
+    image_size: int = setting(64, "the background's size for the image encoder", low=8)
+    patch: int = setting(8, "pixels per image token side", choices=(4, 8, 16, 32))
+
+
+@dataclass(kw_only=True)
+class BoxDPOConfig(LocationTrainingConfig):
+    init: Path = setting(help="the pretrained model (.safetensors)")
+    steps: int = setting(600, "optimisation steps", low=0)
+    lr: float = setting(5e-5, "peak learning rate", low=0.0)
+    beta: float = setting(0.5, "-log sigmoid(beta * margin), margin over whole-box log-likelihoods", low=0.0)
+    nll_weight: float = setting(0.0, "weight of the winner's likelihood term", low=0.0)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("location", help="train and evaluate the location (box proposal) model")
     stage = p.add_subparsers(dest="stage", required=True, metavar="stage")
 
-    def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--data", type=Path, required=True, help="OPA-layout folder (e.g. from `scenes location`)")
-        q.add_argument("--out", type=Path, required=True, help="the model file to write (.safetensors)")
-        q.add_argument("--work", type=Path, help="checkpoints, TensorBoard logs, curves (default: beside --out)")
-        q.add_argument("--steps", type=int, default=2000)
-        q.add_argument("--batch", type=int, default=64)
-        q.add_argument("--lr", type=float, default=3e-4)
-        q.add_argument("--seed", type=int, default=0)
-        q.add_argument("--no-flip", dest="flip", action="store_false", help="no horizontal flips (they keep a "
-                       "ground-plane scene plausible)")
-        q.add_argument("--checkpoint-every", type=int, default=500)
-        q.add_argument("--resume", action="store_true", help="go on from the latest checkpoint in --work")
-        q.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
-        q.add_argument("--schedule", default="constant", choices=["constant", "cosine"],
-                       help="the learning rate after a short warm-up: held, or decayed to zero at the last step")
-
     q = stage.add_parser("pretrain", help="positives only: next-token likelihood")
-    common(q)
-    q.add_argument("--pipe", type=Path, help="also PIPE-style removal pairs (pairs.jsonl) as positives")
-    q.add_argument("--width", type=int, default=128)
-    q.add_argument("--layers", type=int, default=4)
-    q.add_argument("--heads", type=int, default=4)
-    q.add_argument("--bins", type=int, default=128)
-    q.add_argument("--image-size", type=int, default=64, help="the background's size for the image encoder")
-    q.add_argument("--patch", type=int, default=8, help="pixels per image token side (4, 8, 16 or 32)")
+    add_config_arguments(q, PretrainConfig)
     q.set_defaults(run=run_pretrain)
 
     q = stage.add_parser("dpo", help="positive vs negative boxes against the frozen pretrained model")
-    common(q)
-    q.add_argument("--init", type=Path, required=True, help="the pretrained model (.safetensors)")
-    q.add_argument("--beta", type=float, default=0.5)
-    q.add_argument("--nll-weight", type=float, default=0.0, help="weight of the winner's likelihood term")
-    q.set_defaults(run=run_dpo, lr=5e-5, steps=600)
+    add_config_arguments(q, BoxDPOConfig)
+    q.set_defaults(run=run_dpo)
 
     q = stage.add_parser("eval", help="TPR-FPR curves on the test split (PNG + JSON)")
     q.add_argument("--data", type=Path, required=True)
@@ -152,133 +166,79 @@ def load_examples(data: Path, split: str, pipe: Path | None = None) -> list:
     return examples
 
 
-# --- the loop ---------------------------------------------------------------------------------
+# --- the runs ---------------------------------------------------------------------------------
 
 
-def pretrain_loss(model, boxes: BoxSet, items, flips) -> dict:
-    images, labels, (tokens,) = boxes.batch(items, flips)
-    nll = -model(images, labels, tokens).mean() / 4
-    return {"loss": nll, "nll": nll.detach()}
-
-
-def dpo_loss(model, boxes: BoxSet, items, flips, beta: float, reference, nll_weight: float) -> dict:
-    images, labels, (winner, loser) = boxes.batch(items, flips)
-    both = torch.cat([winner, loser])
-    policy = model(torch.cat([images, images]), labels + labels, both)
-    with torch.no_grad():
-        ref = reference(torch.cat([images, images]), labels + labels, both)
-    n = len(items)
-    margin = (policy[:n] - ref[:n]) - (policy[n:] - ref[n:])
-    loss = -F.logsigmoid(beta * margin).mean() - nll_weight * policy[:n].mean() / 4
-    return {"loss": loss, "accuracy": (margin > 0).float().mean(), "margin": margin.mean().detach(),
-            "winner_logp": policy[:n].mean().detach(), "loser_logp": policy[n:].mean().detach()}
-
-
-def train_loop(model: LocationModel, boxes: BoxSet, items: list, loss_fn, args, work: Path, what: str,
-               **loss_args) -> LocationModel:
-    from accelerate import Accelerator
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-
+def train_boxes(model: LocationModel, boxes: BoxSet, items: list, config: LocationTrainingConfig, name: str,
+                reference: LocationModel | None = None, resume: bool = False) -> LocationModel:
+    """Pretraining (no reference: positives) or DPO (a reference: winner/loser pairs) on the skeleton."""
     if not items:
-        raise ValueError(f"{args.data}: nothing to train {what} on (no positive boxes, or no positive/negative "
+        raise ValueError(f"{config.data}: nothing to train {name} on (no positive boxes, or no positive/negative "
                          f"pairs for dpo)")
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available())
-    torch.manual_seed(args.seed)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.01)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if "reference" in loss_args:
-        loss_args["reference"].to(accelerator.device)
-    step = 0
-    if args.resume:
-        ckpt = latest_checkpoint(work / "checkpoints")
-        if ckpt is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {work / 'checkpoints'}")
-        step, _ = load_checkpoint(ckpt, {"model": accelerator.unwrap_model(model)}, optimizer)
-        accelerator.print(f"resumed from {ckpt} at step {step}")
-    main = accelerator.is_main_process
-    writer = SummaryWriter(str(work / "logs" / what)) if main else None
-    history: list[dict] = []
-    bar = tqdm(total=args.steps, initial=step, desc=f"location {what}", unit="step", disable=not main)
-    model.train()
-    while step < args.steps:
-        idx = batch_indices(step, len(items), args.batch, args.seed, accelerator.process_index,
-                            accelerator.num_processes)
+    accelerator = start(config)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    if reference is not None:
+        reference.to(accelerator.device)
+    world, rank = accelerator.num_processes, accelerator.process_index
+
+    def step(index: int) -> dict[str, torch.Tensor]:
+        idx = batch_indices(index, len(items), config.batch, config.seed, rank, world)
         # flips: drawn for the whole step's batch (all processes), so they follow the items whatever the
         # number of processes, and are the same after a resume
-        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        world = accelerator.num_processes
-        flips = (torch.rand(args.batch * world, generator=g) < 0.5)[accelerator.process_index::world] & args.flip
-        out = loss_fn(model, boxes, [items[i] for i in idx], flips, **loss_args)
-        if not torch.isfinite(out["loss"]):
-            raise FloatingPointError(f"the loss became {out['loss'].item()} at step {step}; the last good checkpoint "
-                                     f"is in {work / 'checkpoints'} (lower --lr, then --resume)")
-        accelerator.backward(out["loss"])
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
-        for group in optimizer.param_groups:
-            group["lr"] = scheduled_lr(args.lr, step, args.steps, min(100, args.steps // 10), args.schedule)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        stats = {k: float(v.detach()) for k, v in out.items()} | {"lr": optimizer.param_groups[0]["lr"]}
-        history.append({"step": step, **stats})
-        bar.update(1)
-        bar.set_postfix(loss=f"{stats['loss']:.4f}")
-        if main:
-            for k, v in stats.items():
-                writer.add_scalar(f"{what}/{k}", v, step)
-        if step % args.checkpoint_every == 0 or step == args.steps:
-            accelerator.wait_for_everyone()
-            if main:
-                save_checkpoint(work / "checkpoints", step, {"model": accelerator.unwrap_model(model)}, optimizer,
-                                {"stage": what})
-    bar.close()
-    if main:
-        writer.close()
-        panels = [["loss"], ["nll"]] if what == "pretrain" else [["loss"], ["accuracy"], ["winner_logp", "loser_logp"]]
-        plot_curves(history, work / f"{what}_curves.png", f"location {what}: {args.data.name}", panels)
-        (work / f"{what}_history.json").write_text(json.dumps(history))
-    return accelerator.unwrap_model(model).eval()
+        g = torch.Generator().manual_seed(config.seed * 1_000_003 + index)
+        flips = (torch.rand(config.batch * world, generator=g) < 0.5)[rank::world] & config.flip
+        images, labels, columns = boxes.batch([items[i] for i in idx], flips)
+        if reference is None:
+            return pretrain_loss(wrapped(images, labels, columns[0]))
+        n = len(idx)
+        pair_images, pair_labels, both = torch.cat([images, images]), labels + labels, torch.cat(columns)
+        policy = wrapped(pair_images, pair_labels, both)
+        with torch.no_grad():
+            ref = reference(pair_images, pair_labels, both)
+        return box_dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], config.beta, config.nll_weight)
+
+    panels = [["loss"], ["nll"]] if reference is None else [["loss"], ["accuracy"], ["winner_logp", "loser_logp"]]
+    train_loop(config, accelerator, Run(name=name, model=wrapped, optimizer=optimizer, step=step,
+                                        checkpointed={"model": accelerator.unwrap_model(wrapped)}, panels=panels,
+                                        checkpoint_extra={"stage": name}), resume=resume)
+    return accelerator.unwrap_model(wrapped).eval()
 
 
-def _work(args) -> Path:
-    work = args.work or args.out.with_suffix("").with_name(args.out.stem + "_work")
-    work.mkdir(parents=True, exist_ok=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    return work
-
-
-def run_pretrain(args) -> int:
-    start = time.time()
-    work = _work(args)
-    examples = load_examples(args.data, "train", args.pipe)
+def run_pretrain(args, config: PretrainConfig | None = None) -> int:
+    config = config or config_from_args(PretrainConfig, args)
+    began = time.time()
+    examples = load_examples(config.data, "train", config.pipe)
     labels = sorted({e.category for e in examples})
-    config = LocationConfig(labels=labels, bins=args.bins, width=args.width, layers=args.layers, heads=args.heads,
-                            image_size=args.image_size, image_encoder={"kind": "conv", "patch": args.patch})
-    torch.manual_seed(args.seed)
-    model = LocationModel(config)
+    model_config = LocationConfig(labels=labels, bins=config.bins, width=config.width, layers=config.layers,
+                                  heads=config.heads, image_size=config.image_size,
+                                  image_encoder={"kind": "conv", "patch": config.patch})
+    torch.manual_seed(config.seed)
+    model = LocationModel(model_config)
     boxes = BoxSet.build(examples, model)
     print(f"pretrain on {len(boxes.positives)} positive boxes in {len(examples)} images, {len(labels)} labels")
-    model = train_loop(model, boxes, boxes.positives, pretrain_loss, args, work, "pretrain")
-    save_location_model(model, args.out)
-    print(f"wrote {args.out} after {args.steps} steps ({(time.time() - start) / 60:.1f} min); curves in "
-          f"{work / 'pretrain_curves.png'}")
+    model = train_boxes(model, boxes, boxes.positives, config, "pretrain", resume=args.resume is not None)
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    save_location_model(model, config.out)
+    print(f"wrote {config.out} after {config.steps} steps ({(time.time() - began) / 60:.1f} min); curves in "
+          f"{config.work / 'pretrain_curves.png'}")
     return 0
 
 
-def run_dpo(args) -> int:
-    start = time.time()
-    work = _work(args)
-    reference = load_location_model(args.init)
+def run_dpo(args, config: BoxDPOConfig | None = None) -> int:
+    config = config or config_from_args(BoxDPOConfig, args)
+    began = time.time()
+    reference = load_location_model(config.init)
     reference.requires_grad_(False)
     model = copy.deepcopy(reference).make_trainable()
-    boxes = BoxSet.build(load_examples(args.data, "train"), model)
-    print(f"dpo on {len(boxes.pairs)} positive/negative pairs, beta {args.beta}")
-    model = train_loop(model, boxes, boxes.pairs, dpo_loss, args, work, "dpo", beta=args.beta, reference=reference,
-                       nll_weight=args.nll_weight)
-    save_location_model(model, args.out)
-    print(f"wrote {args.out} after {args.steps} steps ({(time.time() - start) / 60:.1f} min); curves in "
-          f"{work / 'dpo_curves.png'}")
+    boxes = BoxSet.build(load_examples(config.data, "train"), model)
+    print(f"dpo on {len(boxes.pairs)} positive/negative pairs, beta {config.beta}")
+    model = train_boxes(model, boxes, boxes.pairs, config, "dpo", reference, resume=args.resume is not None)
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    save_location_model(model, config.out)
+    print(f"wrote {config.out} after {config.steps} steps ({(time.time() - began) / 60:.1f} min); curves in "
+          f"{config.work / 'dpo_curves.png'}")
     return 0
 
 
@@ -297,16 +257,17 @@ def evaluate_models(data: Path, models: dict[str, Path], out: Path, split: str =
     records = _scene_records(data)
     curves, summary = {}, {}
     for name, path in models.items():
-        model = load_location_model(path)
+        with phase(f"evaluating {name} on {data.name}/{split} ({len(examples)} images)"):
+            model = load_location_model(path)
 
-        def sample(example, n, model=model):
-            return propose(model, example.image(), example.category, n, temperature=temperature, seed=seed,
-                           nms_iou=1.0).samples
+            def sample(example, n, model=model):
+                return propose(model, example.image(), example.category, n, temperature=temperature, seed=seed,
+                               nms_iou=1.0).samples
 
-        curves[name] = tpr_fpr_curve(sample, examples, iou_threshold=iou)
-        summary[name] = {"curve": [vars(p) for p in curves[name]]}
-        if records:
-            summary[name]["top1_plausible"] = top1_plausible(model, examples, records, temperature, seed)
+            curves[name] = tpr_fpr_curve(sample, examples, iou_threshold=iou)
+            summary[name] = {"curve": [vars(p) for p in curves[name]]}
+            if records:
+                summary[name]["top1_plausible"] = top1_plausible(model, examples, records, temperature, seed)
     out.mkdir(parents=True, exist_ok=True)
     plot_tpr_fpr(curves, out / "curves.png", f"location proposals on {data.name}/{split} (IoU {iou})")
     save_curves(curves, out / "curves.json")
@@ -329,8 +290,10 @@ def top1_plausible(model, examples, records: dict, temperature: float, seed: int
     from emplace.location.sample import propose
     from emplace.scenes.locations import judge_box
 
+    from tqdm import tqdm
+
     good = 0
-    for e in examples:
+    for e in tqdm(examples, desc="top-1 proposals judged by the scene world", unit="image", leave=False):
         best = propose(model, e.image(), e.category, n, temperature=temperature, seed=seed).boxes[0]
         good += judge_box(records[e.image_path.stem], e.category, best.tolist())  # bg_id
     return good / max(1, len(examples))
@@ -358,20 +321,19 @@ def run_default(args) -> int:
     """Render scene-world location data, pretrain, DPO, evaluate both; copy the DPO model to --out."""
     from emplace.scenes.datasets import KINDS
 
-    start = time.time()
+    began = time.time()
     work, data = args.work, args.work / "data"
     if not (data / "test_set.csv").is_file():
         data.mkdir(parents=True, exist_ok=True)
         print(KINDS["location"].write(data, args.n, args.seed, 64))  # the encoder sees 64 px anyway
-    base = {"data": data, "batch": 64, "seed": args.seed, "flip": True, "checkpoint_every": 500, "resume": False,
-            "mixed_precision": "no", "schedule": "constant"}
+    fresh = argparse.Namespace(resume=None)
     pre = work / "pretrain.safetensors"
     if not pre.is_file():
-        run_pretrain(argparse.Namespace(**base, out=pre, work=work / "pretrain", steps=args.pretrain_steps, lr=3e-4,
-                                        pipe=None, width=128, layers=4, heads=4, bins=128, image_size=64, patch=16))
+        run_pretrain(fresh, PretrainConfig(data=data, out=pre, work=work / "pretrain", steps=args.pretrain_steps,
+                                           seed=args.seed, patch=16))
     dpo = work / "dpo.safetensors"
-    run_dpo(argparse.Namespace(**base, out=dpo, work=work / "dpo", steps=args.dpo_steps, lr=5e-5, init=pre,
-                               beta=0.5, nll_weight=0.0))
+    run_dpo(fresh, BoxDPOConfig(data=data, out=dpo, work=work / "dpo", init=pre, steps=args.dpo_steps,
+                                seed=args.seed))
     summary = evaluate_models(data, {"pretrain": pre, "dpo": dpo}, work / "eval")
     args.out.mkdir(parents=True, exist_ok=True)
     for suffix in (".safetensors", ".json"):
@@ -380,8 +342,8 @@ def run_default(args) -> int:
     (args.out / "training.json").write_text(json.dumps({
         "command": f"python -m trainer location default --n {args.n} --pretrain-steps {args.pretrain_steps} "
                    f"--dpo-steps {args.dpo_steps} --seed {args.seed}",
-        "minutes": round((time.time() - start) / 60, 1),
+        "minutes": round((time.time() - began) / 60, 1),
         "top1_plausible": {k: summary[k].get("top1_plausible") for k in ("pretrain", "dpo")},
         "comparison": summary.get("comparison")}, indent=1))
-    print(f"embedded default written to {args.out} in {(time.time() - start) / 60:.1f} min")
+    print(f"embedded default written to {args.out} in {(time.time() - began) / 60:.1f} min")
     return 0
