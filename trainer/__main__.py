@@ -1,4 +1,4 @@
-"""python -m trainer <command> [options]; `python -m trainer <command> --help` for each command."""
+"""emplace-train (or python -m trainer) <command> [options]; `<command> --help` for each command."""
 
 from __future__ import annotations
 
@@ -16,11 +16,16 @@ def main(argv: list[str] | None = None) -> int:
     for module in COMMANDS:
         module.register(sub)
     args = parser.parse_args(argv)
+    from .dependencies import DependencyError
+
     try:
         return args.run(args) or 0
-    except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError, DependencyError) as e:  # bad input or set-up: one clear line
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # the NaN guard: the run stopped, its last checkpoint is kept
+        print(f"stopped: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

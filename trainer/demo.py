@@ -60,16 +60,21 @@ def run(args: argparse.Namespace) -> int:
     from emplace.scenes.samples import insertion_examples
     from emplace.scenes.toy_inpaint import ToyInpaintModel
 
+    from emplace.location.model import DEFAULT_MODEL as DEFAULT_LOCATION_MODEL
+    from emplace.location.model import load_location_model
+
     torch.manual_seed(0)
+    # every input is read and checked before any work starts
     model = ToyInpaintModel.load(args.model)
-    n = args.eval or 4
-    examples = insertion_examples(n, HELD_OUT_SEED + args.seed, size=model.config.image_size)
-    if args.mask == "region":
-        examples = [replace(e, mask=e.region_mask()) for e in examples]
-    proposals = propose_for(examples, args.location_model, args.proposals, args.seed)
-    at_proposals = [replace(e, mask=box_mask(p.best, e.mask.shape[1], e.mask.shape[0], grow=2))
-                    for e, p in zip(examples, proposals)]
+    location_model = load_location_model(args.location_model or DEFAULT_LOCATION_MODEL)
     with lora_applied(model, args.lora, args.lora_strength):
+        n = args.eval or 4
+        examples = insertion_examples(n, HELD_OUT_SEED + args.seed, size=model.config.image_size)
+        if args.mask == "region":
+            examples = [replace(e, mask=e.region_mask()) for e in examples]
+        proposals = propose_for(examples, location_model, args.proposals, args.seed)
+        at_proposals = [replace(e, mask=box_mask(p.best, e.mask.shape[1], e.mask.shape[0], grow=2))
+                        for e, p in zip(examples, proposals)]
         summary, results = evaluate_toy_inpainting(model, examples, args.steps, args.guidance, seed=args.seed)
         _, proposed_results = evaluate_toy_inpainting(model, at_proposals, args.steps, args.guidance, seed=args.seed)
     summary["proposal_plausible_rate"] = sum(p.plausible for p in proposals) / n
@@ -106,17 +111,15 @@ class DemoProposal:
     preview: torch.Tensor  # [3, H, W]: heat map of every sample, the best box outlined
 
 
-def propose_for(examples, model_path: Path | None, n: int, seed: int) -> list[DemoProposal]:
+def propose_for(examples, model, n: int, seed: int) -> list[DemoProposal]:
     """The location model's proposals for each example's object kind (size and shape) in its empty scene."""
     from emplace.boxes import Boxes
-    from emplace.location.model import DEFAULT_MODEL, load_location_model
     from emplace.location.sample import propose
     from emplace.preview import density_map, draw_boxes, overlay_heat
     from emplace.scenes.datasets.files import camera_record
     from emplace.scenes.datasets.location import category_name
     from emplace.scenes.locations import judge_box
 
-    model = load_location_model(model_path or DEFAULT_MODEL)
     out = []
     for i, e in enumerate(examples):
         category = category_name(e.target.shape, e.target.size)

@@ -15,10 +15,9 @@ import hashlib
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-import tomllib
 import torch
 import torch.nn.functional as F
 
@@ -26,8 +25,9 @@ from emplace.files import load_image
 from emplace.preference import losses
 from emplace.weights import load_safetensors, save_safetensors
 
-from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
-from .loop import batch_indices, plot_curves
+from .config import TrainingConfig, add_config_arguments, config_from_args, load_config, setting
+from .loop import Run, batch_indices, phase, start
+from .loop import train as run_loop
 
 TARGETS = {
     "attention": ["to_q", "to_k", "to_v", "to_out.0"],
@@ -37,76 +37,44 @@ TARGETS = {
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
-@dataclass
-class DPOConfig:
-    model: Path  # a diffusers folder or single-file checkpoint (SD1.5/SDXL, 4- or 9-channel), or a toy model folder
-    data: Path  # a folder with pairs.jsonl
-    output: Path  # the LoRA .safetensors to write
-    model_config: Path | None = None  # for a single-file checkpoint: a local diffusers folder with its configs
-    method: str = "dpo"  # dpo | mask-dpo | asymmetric | commonality | asap
-    beta: float = 2500.0
-    lam: float = 1.0  # mask-dpo: weight of the object's denoising loss
-    alpha: float = 10.0  # asap: weight of the degraded region
-    tau: float = 0.5  # asap: target margin, in units of the weighted mean error
-    link: str = "target"  # asap: target | sigmoid
-    rank: int = 8
-    lora_alpha: float = 0.0  # 0: equal to the rank (scale 1)
-    targets: str = "attention"  # attention | attention+ff | all
-    lr: float = 1e-5
-    train_text_encoder: bool = False  # also a LoRA on the text encoder(s) (attention projections)
-    text_lr: float = 0.0  # 0: the same as lr
-    batch: int = 1
-    grad_accum: int = 1
-    steps: int = 1000
-    seed: int = 0
-    resolution: int = 0  # 0: the model's own
-    mixed_precision: str = "no"  # no | fp16 | bf16
-    gradient_checkpointing: bool = False
-    checkpoint_every: int = 250
-    log_every: int = 10
-    work: Path = Path("runs/dpo")
-    empty_prompt: float = 0.0  # share of prompts dropped to ""
-    validation: int = 0  # at the end, sample this many pairs' prompts (and masks) without and with the LoRA
-    validation_steps: int = 25
-    validation_guidance: float = 5.0
-    cache: bool = True
+@dataclass(kw_only=True)
+class DPOConfig(TrainingConfig):
+    model: Path = setting(help="a diffusers folder or single-file checkpoint (SD1.5/SDXL, 4- or 9-channel), "
+                               "or a toy model folder")
+    data: Path = setting(help="a folder with pairs.jsonl, or Pick-a-Pic rows (.parquet or rows.jsonl)")
+    output: Path = setting(help="the LoRA .safetensors to write")
+    model_config: Path | None = setting(None, "for a single-file checkpoint: a local diffusers folder with its configs")
+    method: str = setting("dpo", "the preference method", choices=tuple(losses.METHODS))
+    beta: float = setting(2500.0, "the sigmoid link is -log sigmoid(beta / 2 * margin), margin over per-pixel "
+                                  "means", low=0.0)
+    lam: float = setting(1.0, "mask-dpo: weight of the object's denoising loss", low=0.0)
+    alpha: float = setting(10.0, "asap: weight of the degraded region", low=0.0)
+    tau: float = setting(0.5, "asap: target margin, in units of the weighted mean error", low=0.0)
+    link: str = setting("target", "asap: the link", choices=("target", "sigmoid"))
+    rank: int = setting(8, "LoRA rank", low=1)
+    lora_alpha: float = setting(0.0, "LoRA alpha (0: equal to the rank, scale 1)", low=0.0)
+    targets: str = setting("attention", "which layers get a LoRA", choices=tuple(TARGETS))
+    lr: float = setting(1e-5, "peak learning rate", low=0.0)
+    train_text_encoder: bool = setting(False, "also a LoRA on the text encoder(s) (attention projections)")
+    text_lr: float = setting(0.0, "the text encoders' learning rate (0: the same as lr)", low=0.0)
+    resolution: int = setting(0, "training size in pixels (0: the model's own)", low=0)
+    gradient_checkpointing: bool = setting(False, "trade compute for memory")
+    work: Path = setting(Path("runs/dpo"), "checkpoints, latent cache, TensorBoard logs, curves, validation images")
+    empty_prompt: float = setting(0.0, "share of prompts dropped to \"\"", low=0.0, high=1.0)
+    validation: int = setting(0, "at the end, sample this many pairs' prompts (and masks) without and with the LoRA",
+                              low=0)
+    validation_steps: int = setting(25, "sampling steps of the validation images", low=1)
+    validation_guidance: float = setting(5.0, "guidance scale of the validation images", low=0.0)
+    cache: bool = setting(True, "cache the encoded pairs on disk")
 
     @classmethod
-    def load(cls, path: Path, overrides: dict | None = None) -> DPOConfig:
-        raw = tomllib.loads(path.read_text()) if path else {}
-        raw |= overrides or {}
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(raw) - set(known))
-        if unknown:
-            raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
-        missing = [k for k in ("model", "data", "output") if k not in raw]
-        if missing:
-            raise ValueError(f"{path}: missing {', '.join(missing)}")
-        base = path.parent if path else Path(".")
-        for k in ("model", "model_config", "data", "output", "work"):
-            if k in raw:
-                raw[k] = (base / raw[k]) if not Path(raw[k]).is_absolute() else Path(raw[k])
-        config = cls(**raw)
-        config.validate()
-        return config
-
-    def validate(self) -> None:
-        if self.method not in losses.METHODS:
-            raise ValueError(f"method must be one of {', '.join(losses.METHODS)}, got '{self.method}'")
-        if self.targets not in TARGETS:
-            raise ValueError(f"targets must be one of {', '.join(TARGETS)}, got '{self.targets}'")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got '{self.mixed_precision}'")
-        for name in ("rank", "batch", "grad_accum", "steps", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+    def load(cls, path: Path | None, overrides: dict | None = None) -> DPOConfig:
+        return load_config(cls, path, overrides)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dpo", help="train a preference LoRA (dpo, mask-dpo, asymmetric, commonality, asap)")
-    p.add_argument("--config", type=Path, required=True, help="a TOML file of DPOConfig settings")
-    p.add_argument("--resume", choices=["latest"], help="continue from the newest checkpoint in the work folder")
-    p.add_argument("--steps", type=int, help="override the config's steps")
+    add_config_arguments(p, DPOConfig)
     p.set_defaults(run=run)
 
 
@@ -178,14 +146,15 @@ class EncodedPairs:
     def batch(self, indices: list[int]) -> dict:
         """The step's inputs on the training device."""
         device = self.backend.unet.device
-        out = {k: v.to(device) for k, v in collate([self[i] for i in indices], self.config.method == "commonality").items()}
+        all_winners = losses.METHODS[self.config.method].all_winners
+        out = {k: v.to(device) for k, v in collate([self[i] for i in indices], all_winners).items()}
         out["index"], out["prompts"] = torch.tensor(indices), [self.pairs[i].prompt for i in indices]
         out["empty_text"] = self.empty_text[None].to(device)
         return out
 
 
-def collate(items: list[dict], commonality: bool) -> dict:
-    k = max(it["winners"].shape[0] for it in items) if commonality else 1
+def collate(items: list[dict], all_winners: bool) -> dict:
+    k = max(it["winners"].shape[0] for it in items) if all_winners else 1
     winners = torch.stack([it["winners"][torch.arange(k) % it["winners"].shape[0]] for it in items])
     out = {"winners": winners, "loser": torch.stack([it["loser"] for it in items])}
     for key in items[0]:
@@ -223,6 +192,7 @@ def unet_conditioning(cond: dict, rep) -> dict:
 
 def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, reference_unet) -> losses.PreferenceLoss:
     sched = backend.scheduler
+    method = losses.METHODS[config.method]
     winners, loser = batch["winners"], batch["loser"]
     device = loser.device
     b, k = winners.shape[:2]
@@ -235,7 +205,7 @@ def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, re
     dropped = torch.cat([torch.rand(1, generator=g) for g in gens]) < config.empty_prompt
     inpaint = batch.get("inpaint")
     w_extra = l_extra = inpaint
-    if config.method == "asymmetric":  # the winner and the loser through differently cropped views
+    if method.differential_crops:  # the winner and the loser through differently cropped views
         boxes = [losses.differential_crop_boxes(*loser.shape[-2:], g) for g in gens]
         winners = torch.stack([crop_resize(winners[i], boxes[i][0]) for i in range(b)])
         loser = torch.stack([crop_resize(loser[i:i + 1], boxes[i][1])[0] for i in range(b)])
@@ -270,15 +240,8 @@ def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, re
     err = (pred.float() - target.float()) ** 2
     e_w, e_l = err[: b * k].unflatten(0, (b, k)), err[b * k:]
     r_w, r_l = ref_err[: b * k].unflatten(0, (b, k)), ref_err[b * k:]
-    m = config.method
-    if m == "commonality":
-        return losses.commonality(e_w, e_l, r_w, r_l, config.beta)
-    if m == "mask-dpo":
-        return losses.mask_dpo(e_w[:, 0], e_l, r_w[:, 0], r_l, batch["object"], config.beta, config.lam)
-    if m == "asap":
-        return losses.asap(e_w[:, 0], e_l, r_w[:, 0], r_l, batch["mask"], config.alpha, config.tau, config.link,
-                           config.beta)
-    return losses.dpo(e_w[:, 0], e_l, r_w[:, 0], r_l, config.beta)
+    regions = {"mask": batch["mask"], "object": batch["object"]}
+    return method.loss(e_w, e_l, r_w, r_l, regions, config)
 
 
 class TrainableParameters:
@@ -300,24 +263,19 @@ class TrainableParameters:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = DPOConfig.load(args.config, {"steps": args.steps} if args.steps else None)
-    return train(config, resume=args.resume is not None)
+    return train(config_from_args(DPOConfig, args), resume=args.resume is not None)
 
 
 def train(config: DPOConfig, resume: bool = False) -> int:
-    from accelerate import Accelerator
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
 
     from emplace.diffusion import load_backend
     from emplace.lora import TrainingRecord, build_metadata, save_lora, to_kohya
     from emplace.preference.pairs import load_pairs
 
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
-                              cpu=not torch.cuda.is_available())
-    torch.manual_seed(config.seed)
+    accelerator = start(config)
+    main = accelerator.is_main_process
     data_folder = config.data
     if config.data.suffix == ".parquet" or (config.data / "rows.jsonl").is_file():  # Pick-a-Pic rows
         from emplace.preference.pickapic import convert_pickapic
@@ -327,7 +285,8 @@ def train(config: DPOConfig, resume: bool = False) -> int:
             if not (data_folder / "pairs.jsonl").is_file():
                 accelerator.print(f"Pick-a-Pic rows -> {data_folder}: {convert_pickapic(config.data, data_folder)}")
     pairs = load_pairs(data_folder)  # every bad line is reported before anything loads
-    backend = load_backend(config.model, config.resolution or None, config.model_config)
+    with phase(f"loading {config.model}", main):
+        backend = load_backend(config.model, config.resolution or None, config.model_config)
     for module in (backend.unet, *backend.text_encoders()):
         module.requires_grad_(False)
     lora_alpha = config.lora_alpha or config.rank
@@ -344,90 +303,51 @@ def train(config: DPOConfig, resume: bool = False) -> int:
             trainables[f"text_lora_{i}"] = TrainableParameters(encoder)
             groups.append({"params": list(trainables[f"text_lora_{i}"].params.values()),
                            "lr": config.text_lr or config.lr})
-    params = [p for group in groups for p in group["params"]]
-    optimizer = torch.optim.AdamW(groups, weight_decay=1e-2)
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     unet, optimizer = accelerator.prepare(backend.unet, optimizer)
     backend.to(accelerator.device)
     data = EncodedPairs(pairs, backend, config)
+    if main:
+        print(f"{config.method} on {len(pairs)} pairs, beta {config.beta} (on per-pixel means), "
+              f"{sum(p.numel() for g in groups for p in g['params']):,} LoRA parameters")
 
-    work = config.work
-    step = 0
-    if resume:
-        ckpt = latest_checkpoint(work / "checkpoints")
-        if ckpt is None:
-            raise FileNotFoundError(f"--resume latest: no checkpoint in {work / 'checkpoints'}")
-        step, _ = load_checkpoint(ckpt, trainables, optimizer)
-        accelerator.print(f"resumed from {ckpt} at step {step}")
+    def step(index: int) -> dict[str, torch.Tensor]:
+        idx = batch_indices(index, len(pairs), config.batch, config.seed, accelerator.process_index,
+                            accelerator.num_processes)
+        out = preference_step(unet, backend, data.batch(idx), config, index, accelerator.unwrap_model(unet))
+        return {"loss": out.loss, "accuracy": out.accuracy, "margin": out.delta.mean(),
+                "policy_winner": out.policy_winner, "policy_loser": out.policy_loser,
+                "reference_winner": out.reference_winner, "reference_loser": out.reference_loser}
 
-    main = accelerator.is_main_process
-    writer = SummaryWriter(str(work / "logs")) if main else None
-    history: list[dict] = []
-    bar = tqdm(total=config.steps, initial=step, desc=f"dpo ({config.method})", unit="step", disable=not main)
-    start = time.time()
-    while step < config.steps:
-        for micro in range(config.grad_accum):
-            idx = batch_indices(step * config.grad_accum + micro, len(pairs), config.batch, config.seed,
-                                accelerator.process_index, accelerator.num_processes)
-            batch = data.batch(idx)
-            with accelerator.accumulate(unet):
-                out = preference_step(unet, backend, batch, config, step * config.grad_accum + micro,
-                                      accelerator.unwrap_model(unet))
-                if not torch.isfinite(out.loss):
-                    raise FloatingPointError(
-                        f"the loss became {out.loss.item()} at step {step}; stopping. The last good checkpoint is "
-                        f"in {work / 'checkpoints'} (lower lr or beta, then --resume latest)")
-                accelerator.backward(out.loss)
-                if accelerator.sync_gradients:
-                    if config.train_text_encoder and accelerator.num_processes > 1:
-                        # the text encoders run outside DDP (through the backend): average their grads here
-                        for p in params[len(groups[0]["params"]):]:
-                            if p.grad is not None:  # (SDXL never reads its first encoder's last layer)
-                                p.grad = accelerator.reduce(p.grad, reduction="mean")
-                    accelerator.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        step += 1
-        stats = {"loss": out.loss.item(), "accuracy": out.accuracy.item(), "margin": out.delta.mean().item(),
-                 "policy_winner": out.policy_winner.item(), "policy_loser": out.policy_loser.item(),
-                 "reference_winner": out.reference_winner.item(), "reference_loser": out.reference_loser.item()}
-        history.append({"step": step, **stats})
-        bar.update(1)
-        bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['accuracy']:.2f}")
-        if main and step % config.log_every == 0:
-            for k, v in stats.items():
-                writer.add_scalar(k, v, step)
-        if step % config.checkpoint_every == 0:
-            accelerator.wait_for_everyone()
-            if main:
-                save_checkpoint(work / "checkpoints", step, trainables, optimizer, {"config": str(config.data)})
-    bar.close()
-    accelerator.wait_for_everyone()
+    start_time = time.time()
+    history = run_loop(config, accelerator, Run(
+        name="dpo", model=unet, optimizer=optimizer, step=step, checkpointed=trainables,
+        panels=[["loss"], ["accuracy"], ["policy_winner", "policy_loser", "reference_winner", "reference_loser"]],
+        outside_ddp=[p for g in groups[1:] for p in g["params"]],  # the text encoders run through the backend
+        checkpoint_extra={"data": str(config.data)}), resume=resume)
     if not main:
         return 0
-    writer.close()
-
+    steps_done = history[-1]["step"] if history else 0
     final = evaluate_pairs(accelerator.unwrap_model(unet), backend, data, config, len(pairs))
-    (work / "eval.json").write_text(json.dumps(final))
+    (config.work / "eval.json").write_text(json.dumps(final))
     print(f"on the training pairs (fixed noise): loss {final['loss']:.4f} (log 2 = 0.6931 before training), "
           f"implicit accuracy {final['accuracy']:.2f}, margin {final['margin']:.3g}")
 
-    peft_sd = {f"unet.{k}": v for k, v in get_peft_model_state_dict(accelerator.unwrap_model(unet)).items()}
-    if config.train_text_encoder:
-        for name, encoder in zip(("text_encoder", "text_encoder_2"), backend.text_encoders()):
-            peft_sd |= {f"{name}.{k}": v for k, v in get_peft_model_state_dict(encoder).items()}
-    lora = to_kohya(peft_sd, {"r": config.rank, "lora_alpha": lora_alpha}, what="trained LoRA")
-    record = TrainingRecord(method=config.method, family=backend.family, resolution=data.size, rank=config.rank,
-                            alpha=float(lora_alpha), beta=config.beta, steps=step,
-                            data_summary=f"{len(pairs)} pairs from {config.data.name}", title=config.output.stem)
-    save_lora(config.output, lora, build_metadata(record))
-    (work / "history.json").write_text(json.dumps(history))
-    plot_curves(history, work / "curves.png", f"{config.method}: {config.data.name}",
-                [["loss"], ["accuracy"], ["policy_winner", "policy_loser", "reference_winner", "reference_loser"]])
+    with phase(f"writing {config.output}"):
+        peft_sd = {f"unet.{k}": v for k, v in get_peft_model_state_dict(accelerator.unwrap_model(unet)).items()}
+        if config.train_text_encoder:
+            for name, encoder in zip(("text_encoder", "text_encoder_2"), backend.text_encoders()):
+                peft_sd |= {f"{name}.{k}": v for k, v in get_peft_model_state_dict(encoder).items()}
+        lora = to_kohya(peft_sd, {"r": config.rank, "lora_alpha": lora_alpha}, what="trained LoRA")
+        record = TrainingRecord(method=config.method, family=backend.family, resolution=data.size, rank=config.rank,
+                                alpha=float(lora_alpha), beta=config.beta, steps=steps_done,
+                                data_summary=f"{len(pairs)} pairs from {config.data.name}", title=config.output.stem)
+        save_lora(config.output, lora, build_metadata(record))
     if config.validation:
-        validation_sheet(accelerator.unwrap_model(unet), backend, data, config, work / "validation.png")
-        print(f"validation images (input, without the LoRA, with it, winner): {work / 'validation.png'}")
-    print(f"wrote {config.output}: {len(lora.modules)} LoRA layers after {step} steps "
-          f"({(time.time() - start) / 60:.1f} min); curves in {work / 'curves.png'}")
+        validation_sheet(accelerator.unwrap_model(unet), backend, data, config, config.work / "validation.png")
+        print(f"validation images (input, without the LoRA, with it, winner): {config.work / 'validation.png'}")
+    print(f"wrote {config.output}: {len(lora.modules)} LoRA layers after {steps_done} steps "
+          f"({(time.time() - start_time) / 60:.1f} min); curves in {config.work / 'dpo_curves.png'}")
     return 0
 
 
@@ -436,23 +356,27 @@ def evaluate_pairs(unet, backend, data: EncodedPairs, config: DPOConfig, n: int,
                    most: int = 64) -> dict:
     """The preference loss over (at most `most` of) the pairs with fixed noise draws: before training
     (the LoRA starts at zero, so policy = reference) it is exactly log 2 with accuracy 0."""
+    from tqdm import tqdm
+
     totals = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
     count = 0
     chosen = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))[:most].tolist()
-    for draw in range(draws):
-        for i in chosen:
-            batch = data.batch([i])
-            out = preference_step(unet, backend, batch, config, 10**9 + draw * n + i, unet)
-            totals["loss"] += out.loss.item()
-            totals["accuracy"] += out.accuracy.item()
-            totals["margin"] += out.delta.mean().item()
-            count += 1
+    work = [(draw, i) for draw in range(draws) for i in chosen]
+    for draw, i in tqdm(work, desc="evaluating on the training pairs (fixed noise)", unit="pair"):
+        batch = data.batch([i])
+        out = preference_step(unet, backend, batch, config, 10**9 + draw * n + i, unet)
+        totals["loss"] += out.loss.item()
+        totals["accuracy"] += out.accuracy.item()
+        totals["margin"] += out.delta.mean().item()
+        count += 1
     return {k: v / count for k, v in totals.items()}
 
 
 @torch.no_grad()
 def validation_sheet(unet, backend, data: EncodedPairs, config: DPOConfig, path: Path) -> None:
     """One row per pair: the masked input, a sample without the LoRA, with it (same seed), the winner."""
+    from tqdm import tqdm
+
     from emplace.files import image_grid, save_image
 
     pairs = data.pairs[: config.validation]
@@ -460,12 +384,14 @@ def validation_sheet(unet, backend, data: EncodedPairs, config: DPOConfig, path:
     winners = torch.stack([images[0] for images, _ in loaded])
     masks = torch.stack([mask for _, mask in loaded])
     prompts = [p.prompt for p in pairs]
-    sample = lambda: backend.sample(prompts, winners, masks, config.validation_steps,
-                                    config.validation_guidance, config.seed)
     modules = [unet, *(backend.text_encoders() if config.train_text_encoder else [])]
-    with adapters_disabled(modules):
-        without = sample()
-    with_lora = sample()
+    without, with_lora = [], []
+    for i in tqdm(range(len(pairs)), desc="validation images (without and with the LoRA)", unit="pair"):
+        sample = lambda: backend.sample(prompts[i:i + 1], winners[i:i + 1], masks[i:i + 1], config.validation_steps,
+                                        config.validation_guidance, config.seed)[0]  # noqa: E731
+        with adapters_disabled(modules):
+            without.append(sample())
+        with_lora.append(sample())
     shown = winners * (1 - masks[:, None]) + 0.5 * masks[:, None]
     rows = [[shown[i], without[i], with_lora[i], winners[i]] for i in range(len(pairs))]
     save_image(image_grid(rows, max(1, 256 // data.size)), path)

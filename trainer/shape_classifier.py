@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -10,13 +11,28 @@ import torch
 from emplace.scenes.detector import DEFAULT_WEIGHTS, ShapeClassifier, colour_map, crop_for_classifier
 from emplace.weights import save_safetensors
 
+from .config import TrainingConfig, add_config_arguments, config_from_args, setting
+from .loop import Run, batch_indices, start
+from .loop import train as train_loop
+
+
+@dataclass(kw_only=True)
+class ShapeClassifierConfig(TrainingConfig):
+    out: Path = setting(DEFAULT_WEIGHTS, "the weights file to write")
+    work: Path = setting(Path("runs/shape_classifier"), "checkpoints, logs, curves")
+    scenes: int = setting(3000, "scenes rendered for crops", low=16)
+    steps: int = setting(3600, "optimisation steps (about 24 passes over 3,000 scenes' crops)", low=0)
+    batch: int = setting(128, "crops per step", low=1)
+    lr: float = setting(3e-3, "peak learning rate", low=0.0)
+    schedule: str = setting("cosine", "after the warm-up: held, or cosine decay to zero", choices=("constant", "cosine"))
+    weight_decay: float = setting(0.0, "AdamW weight decay", low=0.0)
+    max_grad_norm: float = setting(0.0, "gradients are clipped to this norm (0: not clipped)", low=0.0)
+    checkpoint_every: int = setting(1000, "steps between checkpoints (also one at the end)", low=1)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("shape-classifier", help="train the scene detector's shape classifier")
-    p.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
-    p.add_argument("--scenes", type=int, default=3000)
-    p.add_argument("--epochs", type=int, default=24)
-    p.add_argument("--seed", type=int, default=0)
+    add_config_arguments(p, ShapeClassifierConfig)
     p.set_defaults(run=run)
 
 
@@ -46,23 +62,23 @@ def labelled_crops(n_scenes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def run(args: argparse.Namespace) -> int:
-    torch.manual_seed(args.seed)
-    x, y = labelled_crops(args.scenes, args.seed)
-    held = len(x) // 10
+    config = config_from_args(ShapeClassifierConfig, args)
+    accelerator = start(config)
+    x, y = labelled_crops(config.scenes, config.seed)
+    held = len(x) // 10  # the first tenth is held out
     model = ShapeClassifier()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs)
-    for epoch in range(args.epochs):
-        order = torch.randperm(len(x) - held) + held
-        for idx in order.split(128):
-            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        decay.step()
-        with torch.no_grad():
-            acc = (model(x[:held]).argmax(-1) == y[:held]).float().mean().item()
-        print(f"epoch {epoch + 1}: loss {loss.item():.3f}, held-out accuracy {acc:.3f}")
-    save_safetensors(args.out, model.state_dict(), {"held_out_accuracy": f"{acc:.4f}", "crops": str(len(x))})
-    print(f"wrote {args.out} ({len(x)} crops, held-out accuracy {acc:.3f})")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+
+    def step(index: int) -> dict[str, torch.Tensor]:
+        idx = torch.tensor(batch_indices(index, len(x) - held, config.batch, config.seed, 0, 1)) + held
+        return {"loss": torch.nn.functional.cross_entropy(wrapped(x[idx]), y[idx])}
+
+    train_loop(config, accelerator, Run(name="shape-classifier", model=wrapped, optimizer=optimizer, step=step,
+                                        checkpointed={"model": model}, panels=[["loss"]]),
+               resume=args.resume is not None)
+    with torch.no_grad():
+        acc = (model(x[:held]).argmax(-1) == y[:held]).float().mean().item()
+    save_safetensors(config.out, model.state_dict(), {"held_out_accuracy": f"{acc:.4f}", "crops": str(len(x))})
+    print(f"wrote {config.out} ({len(x)} crops, held-out accuracy {acc:.3f})")
     return 0

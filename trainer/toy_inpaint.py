@@ -1,9 +1,9 @@
 """python -m trainer toy-inpaint: train the scene world's toy inpainting model (the embedded default).
 
-One linear loop: render the data once (cached), build the model, then
-noise -> timestep -> v-prediction -> loss weighted towards the masked region, with an EMA
-of the weights, tqdm progress, TensorBoard scalars, atomic checkpoints and --resume latest.
-Stops at --steps or --minutes, whichever comes first, and writes the EMA weights.
+Render the data once (cached), build the model, then, on the trainer's one skeleton
+(trainer/loop.py): noise -> timestep -> v-prediction -> loss weighted towards the masked
+region, with an exponential moving average of the weights. Stops at --steps or --minutes,
+whichever comes first, and writes the averaged weights.
 """
 
 from __future__ import annotations
@@ -12,32 +12,39 @@ import argparse
 import copy
 import json
 import math
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from emplace.weights import load_safetensors, save_safetensors
 
-from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainingConfig, add_config_arguments, config_from_args, setting
+from .loop import Run, batch_indices, phase, start
+from .loop import train as train_loop
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "emplace" / "defaults" / "toy_inpaint"
 COMPLETE_PROMPT = "complete the image"
 
 
+@dataclass(kw_only=True)
+class ToyInpaintConfig(TrainingConfig):
+    out: Path = setting(DEFAULT_OUT, "model folder to write (default: the embedded one)")
+    work: Path = setting(Path("runs/toy_inpaint"), "data cache, checkpoints, logs")
+    samples: int = setting(8000, "rendered training examples", low=1)
+    steps: int = setting(100_000, "optimisation steps", low=0)
+    minutes: float = setting(50.0, "stop training after this long (0: no limit)", low=0.0)
+    batch: int = setting(32, "examples per step", low=1)
+    lr: float = setting(1e-3, "peak learning rate", low=0.0)
+    warmup: int = setting(200, "linear warm-up steps (at most a tenth of the run)", low=0)
+    log_every: int = setting(20, "steps between TensorBoard points", low=1)
+    ema: float = setting(0.999, "the written weights are this exponential moving average", low=0.0, high=1.0)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("toy-inpaint", help="train the scene world's toy inpainting model")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="model folder to write (default: the embedded one)")
-    p.add_argument("--work", type=Path, default=Path("runs/toy_inpaint"), help="data cache, checkpoints, logs")
-    p.add_argument("--samples", type=int, default=8000, help="rendered training examples")
-    p.add_argument("--steps", type=int, default=100_000)
-    p.add_argument("--minutes", type=float, default=50.0, help="stop training after this long")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=250)
-    p.add_argument("--resume", choices=["latest"], help="continue from the newest checkpoint in --work")
-    p.set_defaults(run=train)
+    add_config_arguments(p, ToyInpaintConfig)
+    p.set_defaults(run=run)
 
 
 def training_data(work: Path, n: int, seed: int, size: int) -> dict:
@@ -62,7 +69,8 @@ def training_data(work: Path, n: int, seed: int, size: int) -> dict:
     return {**data, "prompts": [e.prompt for e in examples]}
 
 
-def batch_of(data: dict, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+def batch_of(data: dict, idx: list[int], g: torch.Generator) -> tuple[torch.Tensor, ...]:
+    idx = torch.tensor(idx)
     images = data["images"][idx].float() / 255
     backgrounds = data["backgrounds"][idx].float() / 255
     masks = data["masks"][idx].float() / 255
@@ -78,78 +86,69 @@ def batch_of(data: dict, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.T
     return images, backgrounds, masks, prompts
 
 
-def train(args: argparse.Namespace) -> int:
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
+class ExponentialAverage(torch.nn.Module):
+    """A running average of some modules' weights, updated after each optimizer step."""
 
+    def __init__(self, modules: dict[str, torch.nn.Module], decay: float):
+        super().__init__()
+        self.sources, self.decay = modules, decay
+        self.averages = torch.nn.ModuleDict({n: copy.deepcopy(m).requires_grad_(False) for n, m in modules.items()})
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))  # short memory early on
+        for name, m in self.sources.items():
+            for pe, p in zip(self.averages[name].parameters(), m.parameters()):
+                pe.lerp_(p, 1 - decay)
+
+
+def run(args: argparse.Namespace) -> int:
+    return train(config_from_args(ToyInpaintConfig, args), resume=args.resume is not None)
+
+
+def train(config: ToyInpaintConfig, resume: bool = False) -> int:
     from emplace.scenes.toy_inpaint import ToyConfig, ToyInpaintModel
 
-    torch.manual_seed(args.seed)
-    config = ToyConfig()
-    args.work.mkdir(parents=True, exist_ok=True)
-    data = training_data(args.work, args.samples, args.seed, config.image_size)
-    model = ToyInpaintModel.create(config, seed=args.seed)
-    modules = {"unet": model.unet, "text_encoder": model.text_encoder}
-    params = [p for m in modules.values() for p in m.parameters()]
-    ema_models = {n: copy.deepcopy(m).requires_grad_(False) for n, m in modules.items()}
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    g = torch.Generator().manual_seed(args.seed + 1)
-    step = 0
-    if args.resume:
-        ckpt = latest_checkpoint(args.work / "checkpoints")
-        if ckpt is None:
-            raise FileNotFoundError(f"--resume latest: no checkpoint in {args.work / 'checkpoints'}")
-        step, _ = load_checkpoint(ckpt, {**modules, **{f"ema_{n}": m for n, m in ema_models.items()}}, optimizer, {"data": g})
-        print(f"resumed from {ckpt} at step {step}")
+    accelerator = start(config)
+    toy = ToyConfig()
+    data = training_data(config.work, config.samples, config.seed, toy.image_size)
+    model = ToyInpaintModel.create(toy, seed=config.seed)
+    modules = torch.nn.ModuleDict({"unet": model.unet, "text_encoder": model.text_encoder}).to(accelerator.device)
+    ema = ExponentialAverage(dict(modules.items()), config.ema)
+    # single-process by design (a 4M-parameter model); the optimizer is prepared for mixed precision
+    optimizer = accelerator.prepare(torch.optim.AdamW(modules.parameters(), lr=config.lr,
+                                                      weight_decay=config.weight_decay))
+    sched, n = model.scheduler, data["images"].shape[0]
 
-    sched = model.scheduler
-    writer = SummaryWriter(str(args.work / "logs"))
-    start, n = time.time(), data["images"].shape[0]
-    bar = tqdm(total=args.steps, initial=step, desc="toy-inpaint", unit="step")
-    last_loss = math.nan
-    while step < args.steps and (time.time() - start) < args.minutes * 60:
-        images, backgrounds, masks, prompts = batch_of(data, torch.randint(n, (args.batch,), generator=g), g)
+    def step(index: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(config.seed * 1_000_003 + index)  # the step's draws, the same on resume
+        idx = batch_indices(index, n, config.batch, config.seed, 0, 1)
+        images, backgrounds, masks, prompts = (x.to(accelerator.device) if torch.is_tensor(x) else x
+                                               for x in batch_of(data, idx, g))
         x0 = model.to_model_space(images)
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, sched.config.num_train_timesteps, (args.batch,))
+        noise = torch.randn(x0.shape, generator=g).to(x0)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g).to(x0.device)
         noisy = sched.add_noise(x0, noise, t)
         target = sched.get_velocity(x0, noise, t)
         inp = torch.cat([noisy, model.conditioning(backgrounds, masks)], 1)
         pred = model.unet(inp, t, model.encode_prompts(prompts)).sample
-        weight = 0.1 + 0.9 * torch.nn.functional.max_pool2d(masks[:, None], config.unshuffle)
-        loss = (weight * (pred - target) ** 2).mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}; the last checkpoint is kept")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * min(1.0, (step + 1) / 200)
-        optimizer.step()
-        step += 1
-        decay = min(0.999, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for name, m in modules.items():
-                for pe, p in zip(ema_models[name].parameters(), m.parameters()):
-                    pe.lerp_(p, 1 - decay)
-        last_loss = loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{last_loss:.4f}")
-        if step % 20 == 0:
-            writer.add_scalar("loss", last_loss, step)
-        if step % args.checkpoint_every == 0:
-            save_checkpoint(args.work / "checkpoints", step, {**modules, **{f"ema_{n}": m for n, m in ema_models.items()}},
-                            optimizer, {"loss": last_loss}, {"data": g})
-    bar.close()
-    writer.close()
+        weight = 0.1 + 0.9 * torch.nn.functional.max_pool2d(masks[:, None], toy.unshuffle)  # the masked region
+        return {"loss": (weight * (pred - target) ** 2).mean()}
 
-    model.unet, model.text_encoder = ema_models["unet"].eval(), ema_models["text_encoder"].eval()
-    model.save(args.out)
-    minutes = (time.time() - start) / 60
-    (args.out / "training.json").write_text(json.dumps({
-        "steps": step, "batch": args.batch, "samples": args.samples, "lr": args.lr, "seed": args.seed,
-        "train_minutes_this_run": round(minutes, 1), "last_loss": last_loss,
-        "command": f"python -m trainer toy-inpaint --samples {args.samples} --minutes {args.minutes} --seed {args.seed}",
-    }, indent=1))
-    print(f"wrote {args.out} after {step} steps ({minutes:.1f} min of training), last loss {last_loss:.4f}")
+    history = train_loop(config, accelerator, Run(
+        name="toy-inpaint", model=modules, optimizer=optimizer, step=step, panels=[["loss"]],
+        checkpointed={**modules, **{f"ema_{k}": m for k, m in ema.averages.items()}},
+        after_step=ema.update), resume=resume)
+    steps_done = history[-1]["step"] if history else 0
+    last_loss = history[-1]["loss"] if history else math.nan
+    with phase(f"writing the averaged weights to {config.out}"):
+        model.unet, model.text_encoder = ema.averages["unet"].eval(), ema.averages["text_encoder"].eval()
+        model.save(config.out)
+        (config.out / "training.json").write_text(json.dumps({
+            "steps": steps_done, "batch": config.batch, "samples": config.samples, "lr": config.lr,
+            "seed": config.seed, "last_loss": last_loss,
+            "command": f"python -m trainer toy-inpaint --samples {config.samples} --minutes {config.minutes} "
+                       f"--seed {config.seed}",
+        }, indent=1))
+    print(f"wrote {config.out} after {steps_done} steps, last loss {last_loss:.4f}")
     return 0

@@ -62,7 +62,7 @@ def train(tmp_path, model, data, **settings):
                        checkpoint_every=1000, log_every=1, **settings)
     config.validate()
     run_training(config)
-    return config, json.loads((tmp_path / "work" / "history.json").read_text())
+    return config, json.loads((tmp_path / "work" / "dpo_history.json").read_text())
 
 
 @pytest.mark.parametrize("method", ["dpo", "mask-dpo", "asymmetric", "commonality", "asap"])
@@ -164,7 +164,18 @@ def test_bad_config_and_data_are_reported_plainly(tmp_path, models, pairs):
     cfg = tmp_path / "run.toml"
     cfg.write_text(f'model = "{models["sd15"]}"\ndata = "{pairs}"\noutput = "x.safetensors"\nmethood = "dpo"\n')
     r = run(cfg)
-    assert r.returncode == 2 and "unknown setting(s) methood" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "unknown setting 'methood'" in r.stderr and "Traceback" not in r.stderr
+    # wrongly typed values are refused when the config loads (before any model loads), naming the key
+    head = f'model = "{models["sd15"]}"\ndata = "{pairs}"\noutput = "x.safetensors"\n'
+    cfg.write_text(head + 'steps = "ten"\nbeta = "high"\nmethod = "dpo2"\n')
+    r = run(cfg)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "'steps' must be a whole number, got 'ten'" in r.stderr and "'beta' must be a number, got 'high'" in r.stderr
+    assert "'method' must be one of dpo, mask-dpo" in r.stderr
+    cfg.write_text(head)
+    r = subprocess.run([sys.executable, "-m", "trainer", "dpo", "--config", str(cfg), "--lr", "-1"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "'lr' must be at least 0.0, got -1.0 (on the command line)" in r.stderr
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "pairs.jsonl").write_text('{"prompt": "x", "winner": "nope.png", "loser": "nope.png"}\n')
