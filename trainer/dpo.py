@@ -267,6 +267,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train(config: DPOConfig, resume: bool = False) -> int:
+    accelerator = start(config)  # first: it checks that peft and transformers work together
+
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
@@ -274,7 +276,6 @@ def train(config: DPOConfig, resume: bool = False) -> int:
     from emplace.lora import TrainingRecord, build_metadata, save_lora, to_kohya
     from emplace.preference.pairs import load_pairs
 
-    accelerator = start(config)
     main = accelerator.is_main_process
     data_folder = config.data
     if config.data.suffix == ".parquet" or (config.data / "rows.jsonl").is_file():  # Pick-a-Pic rows

@@ -52,3 +52,15 @@ def test_the_demo_runs_on_the_embedded_model(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "prompted object found in the mask" in r.stdout and (tmp_path / "demo.png").is_file()
+
+
+def test_the_demo_checks_its_files_before_any_work(tmp_path):
+    import pickle
+
+    pickled = tmp_path / "lora.safetensors"
+    pickled.write_bytes(pickle.dumps({"weight": [1.0]}))
+    for option, value in (("--lora", pickled), ("--location-model", tmp_path)):
+        r = subprocess.run([sys.executable, "-m", "trainer", "demo", "--out", str(tmp_path / "out"), option,
+                            str(value)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and value.name in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert not (tmp_path / "out").exists()

@@ -137,3 +137,16 @@ def test_the_command_line_has_one_option_per_setting_and_one_resume(tmp_path):
     assert parser.parse_args(["--data", "d", "--resume", "latest"]).resume == "latest"
     with pytest.raises(ConfigError, match="'grad_accum' must be a whole number, got 'two' \\(on the command line\\)"):
         config_from_args(LineConfig, parser.parse_args(["--data", "d", "--grad-accum", "two"]))
+
+
+def test_an_incompatible_peft_stops_a_command_at_start_up(tmp_path, monkeypatch, capsys):
+    import trainer.dependencies as dependencies
+    from trainer.__main__ import main
+
+    installed = dependencies._installed
+    monkeypatch.setattr(dependencies, "_installed", lambda name: "5.25.0" if name == "transformers" else installed(name))
+    monkeypatch.setattr(dependencies, "_declared_min_peft", lambda package: None)  # as transformers 5.25 declares
+    assert main(["shape-classifier", "--scenes", "16", "--steps", "1", "--work", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: transformers 5.25.0 needs peft >= 0.22.0, but peft ") and "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # stopped before any work
