@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from .files import why_not_a_file, write_atomically
 
 
 class WeightsFileError(ValueError):
@@ -38,10 +39,13 @@ def _sniff(path: Path) -> str:
 
 
 def check_safetensors(path: str | os.PathLike, what: str = "weights file") -> Path:
-    """Return the path if it is a readable safetensors file, else raise WeightsFileError."""
+    """Return the path if it is a readable safetensors file, else raise WeightsFileError.
+
+    `what` is the kind of file ("LoRA", "location model"); messages name the file once, after it.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsFileError(f"{what} '{path}' does not exist")
+    if why := why_not_a_file(path):
+        raise WeightsFileError(f"{what} '{path}' {why}")
     kind = _sniff(path)
     if kind == "safetensors":
         return path
@@ -76,23 +80,11 @@ def load_safetensors(path: str | os.PathLike, what: str = "weights file",
 def save_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
                      metadata: dict[str, str] | None = None) -> Path:
     """Write atomically: a crash mid-write leaves any earlier file at `path` intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     bad = {k: type(v).__name__ for k, v in (metadata or {}).items() if not isinstance(v, str)}
     if bad:
         raise TypeError(f"safetensors metadata values must be strings, got {bad}")
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def read_json_metadata(metadata: dict[str, str], key: str) -> dict | None:

@@ -16,7 +16,6 @@ Every reading error names the file and the line.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from collections import Counter
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..boxes import box_from_mask
-from ..files import load_image
+from ..files import load_image, read_jsonl, why_not_a_file
 
 SPLITS = ("train", "test")
 OPA_REQUIRED = ("fg_id", "bg_id", "position", "label")  # the other columns (scale, img_name, ...) are not needed
@@ -81,9 +80,9 @@ def load_opa(root: Path, split: str = "train") -> list[LocationExample]:
         raise LocationDataError(f"{root} is not a folder (expected an OPA data set: background/, foreground/, "
                                 f"train_set.csv, test_set.csv)")
     path = root / f"{split}_set.csv"
-    if not path.is_file():
+    if why := why_not_a_file(path):
         found = sorted(p.name for p in root.glob("*.csv"))
-        raise LocationDataError(f"{path} does not exist; csv files in {root}: {', '.join(found) or 'none'} "
+        raise LocationDataError(f"{path} {why}; csv files in {root}: {', '.join(found) or 'none'} "
                                 f"(splits are {', '.join(SPLITS)})")
     foregrounds = _index_images(root / "foreground")
     backgrounds = _index_images(root / "background")
@@ -208,25 +207,20 @@ def load_pipe(root: Path, threshold: float = DIFFERENCE_THRESHOLD) -> list[Locat
     """
     root = Path(root)
     path = root / "pairs.jsonl"
-    if not path.is_file():
-        raise LocationDataError(f"{path} does not exist (expected PIPE-style pairs, as `python -m trainer "
+    if why := why_not_a_file(path):
+        raise LocationDataError(f"{path} {why} (expected PIPE-style pairs, as `python -m trainer "
                                 f"scenes removal` writes them)")
-    examples = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            examples.append(_pipe_example(f"{path} line {number}", root, line, number, threshold))
+    try:
+        rows = read_jsonl(path, "PIPE pairs")
+    except ValueError as e:
+        raise LocationDataError(str(e)) from None
+    examples = [_pipe_example(f"{path} line {number}", root, row, number, threshold) for number, row in rows]
     if not examples:
         raise LocationDataError(f"{path} has no pairs")
     return examples
 
 
-def _pipe_example(where: str, root: Path, line: str, number: int, threshold: float) -> LocationExample:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise LocationDataError(f"{where} is not JSON: {e.msg} (column {e.colno})") from None
-    if not isinstance(row, dict):
-        raise LocationDataError(f"{where} is not a JSON object")
+def _pipe_example(where: str, root: Path, row: dict, number: int, threshold: float) -> LocationExample:
     category = row.get("label", row.get("category"))
     missing = [k for k in ("source", "target") if not isinstance(row.get(k), str)]
     missing += [] if isinstance(category, str) and category.strip() else ["label (or category)"]

@@ -22,8 +22,6 @@ curve never goes down as N grows.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from ..boxes import iou_matrix
+from ..files import write_atomically
 from .data import LocationExample
 
 DEFAULT_NS = tuple(range(10, 101, 10))
@@ -152,22 +151,7 @@ def compare_curves(a: Sequence[CurvePoint], b: Sequence[CurvePoint]) -> dict:
 # --- files -------------------------------------------------------------------------------------------
 
 
-def _write_atomically(path: Path, write: Callable[[str], None]) -> Path:
-    """write(temporary name) in path's folder, then rename it to path: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def plot_curves(curves: dict[str, Sequence[CurvePoint]], path: Path, title: str) -> Path:
+def plot_tpr_fpr(curves: dict[str, Sequence[CurvePoint]], path: Path, title: str) -> Path:
     """A PNG of TPR against FPR, one line per model, each point marked with its n."""
     from matplotlib.figure import (
         Figure,  # a bare Figure draws with Agg and leaves pyplot's backend alone
@@ -188,13 +172,13 @@ def plot_curves(curves: dict[str, Sequence[CurvePoint]], path: Path, title: str)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return _write_atomically(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    return write_atomically(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 def save_curves(curves: dict[str, Sequence[CurvePoint]], path: Path) -> Path:
     """{model name: [{n, tpr, fpr, tp, fp}, ...]} as JSON."""
     text = json.dumps({name: [asdict(p) for p in curve] for name, curve in curves.items()}, indent=1)
-    return _write_atomically(Path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
+    return write_atomically(Path(path), lambda tmp: tmp.write_text(text + "\n"))
 
 
 def load_curves(path: Path) -> dict[str, list[CurvePoint]]:

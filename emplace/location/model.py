@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..files import why_not_a_file, write_atomically
 from ..weights import (
     WeightsFileError,
     check_safetensors,
@@ -263,9 +263,7 @@ def save_location_model(model: LocationModel, path: str | os.PathLike) -> Path:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if ".frozen." not in k}
     save_safetensors(path, tensors, {"format": FORMAT, "format_version": str(FORMAT_VERSION)})
     text = json.dumps(asdict(model.config), indent=1)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".json.tmp", delete=False) as f:
-        f.write(text)
-    os.replace(f.name, config_path(path))
+    write_atomically(config_path(path), lambda tmp: tmp.write_text(text))
     return path
 
 
@@ -280,8 +278,9 @@ def load_location_model(path: str | os.PathLike = DEFAULT_MODEL, device: str | t
         raise LocationModelError(f"{path.name} was written by another version of Emplace (location model format "
                                  f"{meta.get('format_version')}; this version reads format {FORMAT_VERSION})")
     cfg_file = config_path(path)
-    if not cfg_file.is_file():
-        raise LocationModelError(f"{path.name} has no config beside it: {cfg_file.name} is missing")
+    if why := why_not_a_file(cfg_file):
+        missing = "is missing" if why == "does not exist" else why
+        raise LocationModelError(f"{path.name} has no config beside it: {cfg_file.name} {missing}")
     try:
         config = LocationConfig.from_dict(json.loads(cfg_file.read_text()), cfg_file.name)
     except json.JSONDecodeError as e:

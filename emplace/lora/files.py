@@ -19,10 +19,9 @@ def load_lora(path: str | os.PathLike, adapter_config: dict | None = None) -> Lo
     the file's diffusers metadata, else from a PEFT `adapter_config.json` in the same folder.
     """
     path = Path(path)
-    what = f"LoRA '{path.name}'"
-    tensors, metadata = load_safetensors(path, what)
+    tensors, metadata = load_safetensors(path, "LoRA")  # its messages name the file once: "LoRA 'x' is ..."
     config = adapter_config or read_json_metadata(metadata, DIFFUSERS_CONFIG_KEY) or _peft_sidecar_config(path)
-    return to_kohya(tensors, config, metadata, what)
+    return to_kohya(tensors, config, metadata, f"LoRA '{path.name}'")
 
 
 def _peft_sidecar_config(path: Path) -> dict | None:

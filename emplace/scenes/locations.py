@@ -16,7 +16,6 @@ The scene comes from the background's line of `scenes.jsonl` (camera, objects, i
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..boxes import Box, iou
+from ..files import read_jsonl, why_not_a_file
 from .datasets.files import camera_from_record
 from .geometry import ground_point, project, surface_points
 from .metrics import SCALE_TOLERANCE
@@ -152,18 +152,16 @@ def _explains(expected: Box, box: Box, scale_tolerance: float) -> bool:
 def load_scene_records(root: Path) -> dict[str, dict]:
     """bg_id -> its line of `root/scenes.jsonl` (written by `scenes location`)."""
     path = Path(root) / "scenes.jsonl"
-    if not path.is_file():
-        raise SceneRecordError(f"{path} does not exist: `python -m trainer scenes location` writes it "
+    if why := why_not_a_file(path):
+        raise SceneRecordError(f"{path} {why}: `python -m trainer scenes location` writes it "
                                f"next to train_set.csv")
+    try:
+        rows = read_jsonl(path, "scene records")
+    except ValueError as e:
+        raise SceneRecordError(str(e)) from None
     records: dict[str, dict] = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SceneRecordError(f"{path} line {number} is not JSON: {e.msg}") from None
-        if not isinstance(record, dict) or "bg_id" not in record:
+    for number, record in rows:
+        if "bg_id" not in record:
             raise SceneRecordError(f"{path} line {number} has no bg_id")
         scene_from_record(record, f"{path} line {number}")  # refuse a bad line now, not when judging
         records[str(record["bg_id"])] = record

@@ -25,7 +25,7 @@ from emplace.location.evaluate import (
     compare_curves,
     count_hits,
     load_curves,
-    plot_curves,
+    plot_tpr_fpr,
     save_curves,
     tpr_at_fpr,
     tpr_fpr_curve,
@@ -316,7 +316,7 @@ def test_curves_are_written_as_png_and_json(tmp_path):
     curves = {"pretrained": curve((0.1, 0.3), (0.2, 0.5)), "dpo": [CurvePoint(10, 0.4, 0.05, 7, 1),
                                                                  CurvePoint(20, 0.6, 0.15, 12, 3)]}
     out = tmp_path / "report"
-    plot_curves(curves, out / "curve.png", "location proposals")
+    plot_tpr_fpr(curves, out / "curve.png", "location proposals")
     save_curves(curves, out / "curve.json")
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert load_curves(out / "curve.json") == curves
