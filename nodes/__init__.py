@@ -4,7 +4,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .boxes import EmplaceBoxes, EmplaceBoxesToMask, EmplaceDrawBoxes
 from .inpaint import EmplaceIterativeInpaint
-from .location import EmplaceLoadLocationModel, EmplaceProposeLocations, EmplaceSelectBoxes
+from .proposals import EmplaceLoadLocationModel, EmplaceProposeLocations, EmplaceSelectBoxes
 from .lora import EmplaceLoadPreferenceLora, EmplaceRegionalPreferenceLora
 
 NODES: list[type[io.ComfyNode]] = [

@@ -6,6 +6,7 @@ import torch
 from comfy_api.latest import io
 
 from ..emplace.boxes import BOX_SPEC_HELP, Boxes, boxes_from_any, boxes_to_masks, check_boxes, parse_boxes
+from ..emplace.images import channels_first, channels_last
 from ..emplace.preview import draw_boxes
 
 EmplaceBoxesType = io.Custom("EMPLACE_BOXES")
@@ -96,5 +97,5 @@ class EmplaceDrawBoxes(io.ComfyNode):
     def execute(cls, image, boxes, line) -> io.NodeOutput:
         width, height = image_size(image)
         boxes: Boxes = boxes_from_any(boxes, width, height)
-        drawn = [draw_boxes(frame.permute(2, 0, 1), boxes, line) for frame in image]
-        return io.NodeOutput(torch.stack(drawn).permute(0, 2, 3, 1).to(image))
+        drawn = [draw_boxes(frame, boxes, line) for frame in channels_first(image)]
+        return io.NodeOutput(channels_last(torch.stack(drawn)).to(image))

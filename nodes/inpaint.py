@@ -17,6 +17,7 @@ import torch
 from comfy_api.latest import io
 
 from ..emplace.boxes import boxes_from_any
+from ..emplace.images import channels_first, channels_last
 from ..emplace.inpaint.iterate import iterative_inpaint
 from ..emplace.inpaint.plan import BLANK_CANVAS_BACKGROUND, OBJECT_TEMPLATE, ORDERS, plan
 from .boxes import box_input, image_size
@@ -33,7 +34,7 @@ def comfy_inpaint(model, clip, vae, negative_prompt: str, sampler: str, schedule
         return cache[text]
 
     def inpaint(image: torch.Tensor, mask: torch.Tensor, prompt: str, seed: int) -> torch.Tensor:
-        pixels = image.permute(1, 2, 0)[None]  # [1, h, w, 3]
+        pixels = channels_last(image)[None]  # [1, h, w, 3]
         h, w = pixels.shape[1:3]
         size = {"width": w, "height": h, "target_width": w, "target_height": h}  # SDXL's size conditioning
         positive = node_helpers.conditioning_set_values(encode(prompt), size)
@@ -42,7 +43,7 @@ def comfy_inpaint(model, clip, vae, negative_prompt: str, sampler: str, schedule
                                                                              mask[None], noise_mask=True)
         (samples,) = nodes.common_ksampler(model, seed, steps, cfg, sampler, scheduler, positive, negative, latent,
                                            denoise=denoise)
-        return vae.decode(samples["samples"])[0, ..., :3].permute(2, 0, 1).to(image)
+        return channels_first(vae.decode(samples["samples"])[0, ..., :3]).to(image)
 
     return inpaint
 
@@ -113,10 +114,10 @@ class EmplaceIterativeInpaint(io.ComfyNode):
                 comfy.model_management.throw_exception_if_processing_interrupted()  # between objects
                 bar.update_absolute(f * total + done)
 
-            out = iterative_inpaint(frame[..., :3].permute(2, 0, 1).cpu().float(), todo, objects, colour_match,
+            out = iterative_inpaint(channels_first(frame[..., :3]).cpu().float(), todo, objects, colour_match,
                                     on_step, background_inpaint=background)
             results.append(out.image)
             painted[f] = out.painted
             intermediates += out.intermediates
-        to_comfy = lambda images: torch.stack(images).permute(0, 2, 3, 1).to(image)  # noqa: E731
+        to_comfy = lambda images: channels_last(torch.stack(images)).to(image)  # noqa: E731
         return io.NodeOutput(to_comfy(results), painted, to_comfy(intermediates))

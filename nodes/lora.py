@@ -7,8 +7,6 @@ only then patched, so a LoRA for another base model is a clear error, not a sile
 
 from __future__ import annotations
 
-import os
-
 import comfy.hooks
 import comfy.lora
 import comfy.sd
@@ -19,10 +17,11 @@ from comfy_api.latest import io, ui
 
 from ..emplace.lora import Lora, check_family, check_targets, describe_metadata, load_lora
 from ..emplace.lora.keys import TEXT_ENCODER, TEXT_ENCODER_2, UNET
+from .file_cache import FileCache
 
 TEXT_ENCODERS = {TEXT_ENCODER, TEXT_ENCODER_2}
 
-_cache: dict[str, tuple[tuple, Lora]] = {}
+_cache: FileCache[Lora] = FileCache(size=1)  # one LoRA in memory, like ComfyUI's LoraLoader
 
 
 def load_cached(lora_name: str) -> Lora:
@@ -30,12 +29,7 @@ def load_cached(lora_name: str) -> Lora:
     path = folder_paths.get_full_path("loras", lora_name)
     if path is None:
         raise FileNotFoundError(f"LoRA '{lora_name}' is not in ComfyUI's loras folder")
-    stamp = (path, os.path.getmtime(path), os.path.getsize(path))
-    cached = _cache.get(lora_name)
-    if cached is None or cached[0] != stamp:
-        _cache.clear()  # one LoRA in memory, like ComfyUI's LoraLoader
-        _cache[lora_name] = (stamp, load_lora(path))
-    return _cache[lora_name][1]
+    return _cache.get(path, load_lora)
 
 
 def state_dict_for(lora: Lora, components: set[str]) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Location nodes: load a location model, propose boxes for an object on a background, pick some.
+"""Proposal nodes: load a location model, propose boxes for an object on a background, pick some.
 
 propose -> pick -> inpaint: Emplace Propose Locations samples plausible boxes for a label
 (emplace/location/sample.py does the work), Emplace Select Boxes keeps the ones chosen by
@@ -21,16 +21,19 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..emplace.boxes import INDEX_HELP, Box, Boxes, boxes_to_masks, parse_indices
+from ..emplace.images import channels_first, channels_last
 from ..emplace.location.model import (
     DEFAULT_MODEL,
     LocationModel,
     LocationModelError,
+    config_path,
     load_location_model,
 )
 from ..emplace.location.sample import propose
 from ..emplace.preview import density_map, draw_boxes, overlay_heat
 from ..emplace.weights import WeightsFileError
 from .boxes import EmplaceBoxesType, image_size
+from .file_cache import FileCache, file_stamp
 
 LocationModelType = io.Custom("EMPLACE_LOCATION_MODEL")
 
@@ -72,39 +75,23 @@ def model_path(model_name: str) -> Path:
     return Path(path)
 
 
-def stamp(path: Path) -> tuple:
-    """What identifies a loaded model: the file and its config beside it, with their times and sizes."""
-    parts: list = [str(path.resolve())]
-    for p in (path, path.with_suffix(".json")):
-        try:
-            s = p.stat()
-            parts += [s.st_mtime_ns, s.st_size]
-        except OSError:
-            parts += [None, None]
-    return tuple(parts)
-
-
-_cache: dict[tuple, LocationModel] = {}
-CACHE_SIZE = 4  # location models are small (a few MB); keep the last few
+_cache: FileCache[LocationModel] = FileCache(size=4)  # location models are small (a few MB); keep the last few
 
 
 def load_cached(model_name: str) -> LocationModel:
-    """The model for a combo entry, loaded once per file version (path + mtime + size of both files)."""
+    """The model for a combo entry, loaded once per version of the file and of its config beside it."""
     path = model_path(model_name)
-    key = stamp(path)
-    model = _cache.pop(key, None)
-    if model is None:
-        try:
-            model = load_location_model(path)
-        except (LocationModelError, WeightsFileError):
-            raise  # the library's own sentence says what is wrong with the file
-        except Exception as e:  # a config that parses but does not build a model (bad sizes, bad types)
-            raise LocationModelError(f"{path.name} could not be built as a location model from "
-                                     f"{path.with_suffix('.json').name}: {type(e).__name__}: {e}") from e
-    _cache[key] = model  # most recently used last
-    while len(_cache) > CACHE_SIZE:
-        _cache.pop(next(iter(_cache)))
-    return model
+    return _cache.get(path, load_checked, companions=[config_path(path)])
+
+
+def load_checked(path: Path) -> LocationModel:
+    try:
+        return load_location_model(path)
+    except (LocationModelError, WeightsFileError):
+        raise  # the library's own sentence says what is wrong with the file
+    except Exception as e:  # a config that parses but does not build a model (bad sizes, bad types)
+        raise LocationModelError(f"{path.name} could not be built as a location model from "
+                                 f"{config_path(path).name}: {type(e).__name__}: {e}") from e
 
 
 def describe(model: LocationModel, model_name: str) -> str:
@@ -139,7 +126,8 @@ class EmplaceLoadLocationModel(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, model_name) -> tuple:
         try:
-            return stamp(model_path(model_name))
+            path = model_path(model_name)
+            return file_stamp(path, [config_path(path)])
         except (LocationModelError, FileNotFoundError):
             return (model_name,)  # execute says what is missing
 
@@ -202,7 +190,7 @@ class EmplaceProposeLocations(io.ComfyNode):
                 max_size, nms_iou, region=None) -> io.NodeOutput:
         width, height = image_size(image)
         name = location_model.check_label(label)  # an unknown label: the library's list of the known ones
-        frame = image[0, ..., :3].permute(2, 0, 1).float().cpu()
+        frame = channels_first(image[0, ..., :3]).float().cpu()
         allowed = None
         if region is not None:
             allowed = (region[0] if region.dim() == 3 else region).float().cpu()
@@ -219,7 +207,7 @@ class EmplaceProposeLocations(io.ComfyNode):
         numbered = boxes.with_boxes(replace(b, label=str(i), prompt="") for i, b in enumerate(boxes))
         preview = draw_boxes(heat, numbered, line=max(2, min(width, height) // 256))
         bar.update(1)
-        return io.NodeOutput(boxes, masks, preview.permute(1, 2, 0)[None].to(image))
+        return io.NodeOutput(boxes, masks, channels_last(preview)[None].to(image))
 
 
 class EmplaceSelectBoxes(io.ComfyNode):

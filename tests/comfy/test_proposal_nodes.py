@@ -1,4 +1,4 @@
-"""Location nodes inside ComfyUI (in-process): load a location model, propose boxes, pick some, inpaint them.
+"""Proposal nodes inside ComfyUI (in-process): load a location model, propose boxes, pick some, inpaint them.
 
 The location model is a small random one (seeded), saved into a models/location_models folder
 the tests register; the embedded default is used where it exists.
