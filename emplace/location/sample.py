@@ -14,6 +14,7 @@ drawn, a few rounds at most.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -105,6 +106,11 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def _cache_keyword(decoder) -> str:
+    """transformers 5.24 renamed the decoder's `past_key_values` argument to `cache` (the old name warns)."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def sample_tokens(model: LocationModel, image: torch.Tensor, label: str, n: int, generator: torch.Generator,
                   constraints: Constraints, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -112,12 +118,13 @@ def sample_tokens(model: LocationModel, image: torch.Tensor, label: str, n: int,
     """n token sequences for one image: (tokens [n, 4], log-likelihoods [n], alive [n] bool)."""
     device = model.head.weight.device
     prefix = model.prefix(image[None], [label])  # [1, P, W]
-    cache = None
     if use_cache:
-        out = model.decoder(inputs_embeds=prefix, use_cache=True)
-        cache = out.past_key_values
+        from transformers import DynamicCache
+
+        cache = DynamicCache()  # the decoder fills it in place, call after call
+        kv = {_cache_keyword(model.decoder): cache, "use_cache": True}
+        hidden = model.decoder(inputs_embeds=prefix, **kv).last_hidden_state[:, -1].expand(n, -1)
         cache.batch_repeat_interleave(n)  # every sample shares the background's keys and values
-        hidden = out.last_hidden_state[:, -1].expand(n, -1)
     else:
         hidden = model.decoder(inputs_embeds=prefix).last_hidden_state[:, -1].expand(n, -1)
     integral = constraints.integral()
@@ -137,8 +144,7 @@ def sample_tokens(model: LocationModel, image: torch.Tensor, label: str, n: int,
             break
         step = model.coordinate(token.to(device))  # [n, 1, W]
         if use_cache:
-            out = model.decoder(inputs_embeds=step, past_key_values=cache, use_cache=True)
-            cache, hidden = out.past_key_values, out.last_hidden_state[:, -1]
+            hidden = model.decoder(inputs_embeds=step, **kv).last_hidden_state[:, -1]
         else:  # the whole sequence again: what the cache saves
             embeds = torch.cat([prefix.expand(n, -1, -1), model.coordinate(tokens.to(device))], 1)
             hidden = model.decoder(inputs_embeds=embeds).last_hidden_state[:, -1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -73,6 +74,12 @@ def test_proposals_are_seeded_ranked_and_the_cache_changes_nothing(model):
     torch.testing.assert_close(model.log_prob(image()[None].expand(4, -1, -1, -1), ["large_cube"] * 4, tokens),
                                a.sample_scores[:4], atol=1e-4, rtol=0)
     assert not torch.equal(propose(model, image(), "large_cube", 40, seed=4).samples, a.samples)
+
+
+def test_sampling_with_the_kv_cache_uses_the_supported_cache_api(model):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # transformers' deprecation of the legacy cache arguments would raise
+        propose(model, image(), "large_cube", 8, seed=0)
 
 
 def test_constrained_boxes_never_leave_the_region_and_keep_their_size(model):
