@@ -30,10 +30,10 @@ from emplace.location.evaluate import (
     tpr_at_fpr,
     tpr_fpr_curve,
 )
-from emplace.scenes.datasets import location, removal
+from emplace.scenes.datasets import opa_layout, removal
 from emplace.scenes.datasets.files import camera_from_record, camera_record
 from emplace.scenes.geometry import amodal_box
-from emplace.scenes.locations import (
+from emplace.scenes.placement_judge import (
     SceneRecordError,
     judge_box,
     load_scene_records,
@@ -58,7 +58,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def scenes_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("location")
-    location.write(root, n=12, seed=0, size=64)
+    opa_layout.write(root, n=12, seed=0, size=64)
     return root
 
 
