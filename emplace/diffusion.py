@@ -66,7 +66,7 @@ class Backend:
 
 class ToyBackend(Backend):
     def __init__(self, folder: Path):
-        from .scenes.toy_inpaint import ToyInpaintModel
+        from .toy_inpaint import ToyInpaintModel
 
         self.model = ToyInpaintModel.load(folder)
         self.unet, self.scheduler = self.model.unet, self.model.scheduler

@@ -1,4 +1,4 @@
-"""The embedded default: a toy text-conditioned inpainting diffusion model for the scene world.
+"""A toy text-conditioned inpainting diffusion model (the embedded default is trained on the scene world).
 
 Shaped like SD-inpainting at toy scale, and stored as a diffusers folder:
 - images are 64 x 64 pixels; the model works on their 2 x 2 pixel-unshuffle (12 x 32 x 32),
@@ -6,20 +6,19 @@ Shaped like SD-inpainting at toy scale, and stored as a diffusers folder:
 - the UNet (diffusers UNet2DConditionModel) takes 25 channels: the noisy image (12), the
   mask (1, at 32 x 32) and the masked image (12), as SD-inpainting's 9-channel UNet does;
 - the text encoder is a 2-layer CLIP text model over a word-level tokenizer built with the
-  `tokenizers` library from the world's vocabulary;
+  `tokenizers` library from a closed vocabulary the caller gives (the scene world's words);
 - v-prediction on a cosine schedule (DDPM training, DDIM sampling with classifier-free guidance).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-from .vocabulary import words
 
 PAD, UNK = "[PAD]", "[UNK]"
 
@@ -41,10 +40,11 @@ class ToyConfig:
         return self.image_size // self.unshuffle
 
 
-def build_tokenizer():
+def build_tokenizer(vocabulary: Sequence[str]):
+    """A word-level tokenizer (lower case, split at white space) knowing these words; others are UNK."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-    vocab = {w: i for i, w in enumerate([PAD, UNK, *words()])}
+    vocab = {w: i for i, w in enumerate([PAD, UNK, *vocabulary])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -86,9 +86,10 @@ class ToyInpaintModel:
             config, tokenizer, text_encoder, unet, scheduler
 
     @classmethod
-    def create(cls, config: ToyConfig = ToyConfig(), seed: int = 0) -> ToyInpaintModel:
+    def create(cls, vocabulary: Sequence[str], config: ToyConfig = ToyConfig(), seed: int = 0) -> ToyInpaintModel:
+        """A new, untrained model whose prompts use the words of `vocabulary` (the scene world's `words()`)."""
         torch.manual_seed(seed)
-        tokenizer = build_tokenizer()
+        tokenizer = build_tokenizer(vocabulary)
         return cls(config, tokenizer, build_text_encoder(config, tokenizer.get_vocab_size()), build_unet(config),
                    build_scheduler())
 
