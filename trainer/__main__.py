@@ -11,7 +11,7 @@ COMMANDS = [demo, scenes, dpo, location_trainer, make_pairs, toy_inpaint, shape_
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer", description="Emplace's sidecar trainer.")
+    parser = argparse.ArgumentParser(prog="emplace-train", description="Emplace's sidecar trainer.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     for module in COMMANDS:
         module.register(sub)

@@ -54,11 +54,11 @@ def scheduled_lr(lr: float, step: int, steps: int, warmup: int, schedule: str = 
 
 def start(config: TrainingConfig):
     """The accelerator for a run (devices, processes, mixed precision), with torch seeded."""
-    from accelerate import Accelerator
-
     from .dependencies import check_training_dependencies
 
-    check_training_dependencies()
+    check_training_dependencies()  # before accelerate or peft is imported: one clear line, not an ImportError
+    from accelerate import Accelerator
+
     accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
                               cpu=not torch.cuda.is_available())
     torch.manual_seed(config.seed)
