@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         truth_scores,
     )
     from emplace.scenes.samples import insertion_examples
-    from emplace.scenes.toy_inpaint import ToyInpaintModel
+    from emplace.toy_inpaint import ToyInpaintModel
 
     from emplace.location.model import DEFAULT_MODEL as DEFAULT_LOCATION_MODEL
     from emplace.location.model import load_location_model
@@ -117,8 +117,8 @@ def propose_for(examples, model, n: int, seed: int) -> list[DemoProposal]:
     from emplace.location.sample import propose
     from emplace.preview import density_map, draw_boxes, overlay_heat
     from emplace.scenes.datasets.files import camera_record
-    from emplace.scenes.datasets.location import category_name
-    from emplace.scenes.locations import judge_box
+    from emplace.scenes.datasets.opa_layout import category_name
+    from emplace.scenes.placement_judge import judge_box
 
     out = []
     for i, e in enumerate(examples):

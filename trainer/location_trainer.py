@@ -250,7 +250,7 @@ def evaluate_models(data: Path, models: dict[str, Path], out: Path, split: str =
     """Curves of each model on `split`, written to out/curves.png and out/curves.json; on scene-world
     data (scenes.jsonl present) also the share of top-1 proposals the world judges plausible."""
     from emplace.location.evaluate import compare_curves, save_curves, tpr_fpr_curve
-    from emplace.location.evaluate import plot_curves as plot_tpr_fpr
+    from emplace.location.evaluate import plot_tpr_fpr
     from emplace.location.sample import propose
 
     examples = [e for e in load_examples(data, split) if len(e.positives) or len(e.negatives)]
@@ -280,7 +280,7 @@ def evaluate_models(data: Path, models: dict[str, Path], out: Path, split: str =
 def _scene_records(data: Path) -> dict:
     if not (data / "scenes.jsonl").is_file():
         return {}
-    from emplace.scenes.locations import load_scene_records
+    from emplace.scenes.placement_judge import load_scene_records
 
     return load_scene_records(data)
 
@@ -288,7 +288,7 @@ def _scene_records(data: Path) -> dict:
 def top1_plausible(model, examples, records: dict, temperature: float, seed: int, n: int = 20) -> float:
     """The share of test backgrounds whose most likely of n proposals the scene world judges plausible."""
     from emplace.location.sample import propose
-    from emplace.scenes.locations import judge_box
+    from emplace.scenes.placement_judge import judge_box
 
     from tqdm import tqdm
 

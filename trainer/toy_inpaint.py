@@ -107,12 +107,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train(config: ToyInpaintConfig, resume: bool = False) -> int:
-    from emplace.scenes.toy_inpaint import ToyConfig, ToyInpaintModel
+    from emplace.scenes.vocabulary import words
+    from emplace.toy_inpaint import ToyConfig, ToyInpaintModel
 
     accelerator = start(config)
     toy = ToyConfig()
     data = training_data(config.work, config.samples, config.seed, toy.image_size)
-    model = ToyInpaintModel.create(toy, seed=config.seed)
+    model = ToyInpaintModel.create(words(), toy, seed=config.seed)
     modules = torch.nn.ModuleDict({"unet": model.unet, "text_encoder": model.text_encoder}).to(accelerator.device)
     ema = ExponentialAverage(dict(modules.items()), config.ema)
     # single-process by design (a 4M-parameter model); the optimizer is prepared for mixed precision

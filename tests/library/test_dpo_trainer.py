@@ -11,10 +11,12 @@ import torch
 
 from emplace.lora import load_lora
 from emplace.weights import read_metadata
-from tiny_sd import write_tiny_sd
+from emplace.testing.tiny_sd import write_tiny_sd
 
 ROOT = Path(__file__).resolve().parents[2]
 TOY = ROOT / "emplace" / "defaults" / "toy_inpaint"
+
+pytestmark = pytest.mark.slow  # whole training runs
 
 
 def pairs_at(out: Path) -> Path:

@@ -14,10 +14,10 @@ TINY = ["--width", "32", "--layers", "1", "--heads", "2", "--image-size", "32", 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from emplace.scenes.datasets import location
+    from emplace.scenes.datasets import opa_layout
 
     root = tmp_path_factory.mktemp("location_data")
-    location.write(root, 24, seed=0, size=64)
+    opa_layout.write(root, 24, seed=0, size=64)
     return root
 
 
@@ -48,6 +48,7 @@ def margins(model_path, data):
     return sum(out) / len(out)
 
 
+@pytest.mark.slow
 def test_pretraining_lowers_the_loss_and_writes_everything(pretrained):
     work = pretrained.with_name("pre_work")
     history = json.loads((work / "pretrain_history.json").read_text())
@@ -59,6 +60,7 @@ def test_pretraining_lowers_the_loss_and_writes_everything(pretrained):
     assert len(list((work / "checkpoints").iterdir())) == 2
 
 
+@pytest.mark.slow
 def test_resuming_gives_the_same_model(data, tmp_path, pretrained):
     from emplace.weights import load_safetensors
 
@@ -71,6 +73,7 @@ def test_resuming_gives_the_same_model(data, tmp_path, pretrained):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_dpo_raises_the_margin_of_positives_over_negatives(data, pretrained, tmp_path):
     out = tmp_path / "dpo.safetensors"
     assert main(["location", "dpo", "--data", str(data), "--init", str(pretrained), "--out", str(out),
@@ -81,6 +84,7 @@ def test_dpo_raises_the_margin_of_positives_over_negatives(data, pretrained, tmp
     assert history[-1]["accuracy"] >= 0.75
 
 
+@pytest.mark.slow
 def test_eval_writes_the_curves_and_judges_top_proposals(data, pretrained, tmp_path, capsys):
     assert main(["location", "eval", "--data", str(data), "--model", str(pretrained), "--model", str(pretrained),
                  "--name", "a", "--name", "b", "--out", str(tmp_path)]) == 0
@@ -102,6 +106,7 @@ def test_bad_data_is_one_clear_line(tmp_path, capsys):
     assert err.startswith("error:") and "train_set.csv" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one_with_twice_the_batch(data, tmp_path):
     """torchrun with 2 CPU processes of batch 4 gives the model of one process with batch 8 (DDP, gloo)."""
     import shutil

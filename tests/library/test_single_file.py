@@ -9,9 +9,9 @@ import torch
 
 from emplace.diffusion import ModelFolderError, load_backend
 from emplace.single_file import CheckpointError
+from emplace.testing.tiny_sd import write_tiny_sd
 from emplace.weights import WeightsFileError
 from ldm_checkpoint import write_ldm_checkpoint
-from tiny_sd import write_tiny_sd
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,6 +61,7 @@ def test_a_pickled_checkpoint_is_refused_unopened(tmp_path):
         load_backend(ckpt)
 
 
+@pytest.mark.slow
 def test_the_trainer_takes_a_single_file(tmp_path, checkpoints):
     from test_dpo_trainer import pairs_at
 

@@ -4,15 +4,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from emplace.scenes.toy_inpaint import ToyInpaintModel
+from emplace.scenes.vocabulary import words
+from emplace.toy_inpaint import ToyInpaintModel
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_pixels_outside_the_mask_are_unchanged_and_bad_sizes_are_refused(tmp_path):
-    model = ToyInpaintModel.create(seed=0)
+    model = ToyInpaintModel.create(words(), seed=0)
     model.save(tmp_path / "toy")
     model = ToyInpaintModel.load(tmp_path / "toy")
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -27,6 +29,7 @@ def test_pixels_outside_the_mask_are_unchanged_and_bad_sizes_are_refused(tmp_pat
         model.inpaint(torch.rand(1, 3, 32, 32), torch.zeros(1, 32, 32), ["x"], steps=1)
 
 
+@pytest.mark.slow
 def test_training_writes_a_loadable_model_and_resumes_exactly(tmp_path):
     from emplace.weights import load_safetensors
 
@@ -47,6 +50,7 @@ def test_training_writes_a_loadable_model_and_resumes_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)  # the averaged weights too
 
 
+@pytest.mark.slow
 def test_the_demo_runs_on_the_embedded_model(tmp_path):
     r = subprocess.run([sys.executable, "-m", "trainer", "demo", "--out", str(tmp_path), "--steps", "3"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
@@ -54,6 +58,7 @@ def test_the_demo_runs_on_the_embedded_model(tmp_path):
     assert "prompted object found in the mask" in r.stdout and (tmp_path / "demo.png").is_file()
 
 
+@pytest.mark.slow
 def test_the_demo_checks_its_files_before_any_work(tmp_path):
     import pickle
 

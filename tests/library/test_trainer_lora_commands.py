@@ -53,7 +53,7 @@ def test_bad_input_is_one_clear_line_without_traceback(tmp_path):
 
 
 def test_extract_lora_recovers_a_low_rank_fine_tune(tmp_path):
-    from tiny_models import tiny_unet
+    from emplace.testing.tiny_models import tiny_unet
 
     base = tiny_unet().state_dict()
     g = torch.Generator().manual_seed(1)
