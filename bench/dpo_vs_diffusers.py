@@ -1,7 +1,7 @@
 """Steps per second and peak memory of `python -m trainer dpo` against diffusers' own
 examples/research_projects/diffusion_dpo/train_diffusion_dpo.py, on the same tiny SD1.5-shaped model.
 
-    python bench/dpo_vs_diffusers.py [--steps 30] [--batch 2] [--resolution 64] [--rank 4] [--threads N]
+    python -m bench.dpo_vs_diffusers [--steps 30] [--batch 2] [--resolution 64] [--rank 4] [--threads N]
                                      [--out runs/bench] [--diffusers-script PATH]
 
 Bench-only requirement: `datasets` (pip install datasets); the diffusers script loads its rows with it.
@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "library"))  # tiny_sd
 MIRROR = "/work/.mirror/huggingface+diffusers/repo"
 SCRIPT = "examples/research_projects/diffusion_dpo/train_diffusion_dpo.py"
 STEP = re.compile(rb"(?:dpo \([^)]*\)|Steps): +\d+%\|[^|\r\n]*\| (\d+)/(\d+) \[")  # the two training bars
@@ -136,7 +135,7 @@ def calibrate(resolution: int, vae_channels: tuple[int, int]) -> None:
         return (time.perf_counter() - start) / repeat
 
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        from tiny_sd import write_tiny_sd
+        from emplace.testing.tiny_sd import write_tiny_sd
 
         folder = write_tiny_sd(Path(tmp), vae_channels=vae_channels)
         models = {"SD1.5 at 512 px": (UNet2DConditionModel(cross_attention_dim=768), AutoencoderKL(
@@ -178,7 +177,7 @@ def main() -> None:
     if args.steps < epoch + args.warmup + 2:
         p.error(f"--steps must be at least {epoch + args.warmup + 2}: the first epoch and --warmup are not timed")
     args.out.mkdir(parents=True, exist_ok=True)
-    from tiny_sd import write_tiny_sd
+    from emplace.testing.tiny_sd import write_tiny_sd
     with tempfile.TemporaryDirectory(prefix="dpo-bench-") as tmp:
         tmp = Path(tmp)
         theirs_dir = tmp / "diffusers"

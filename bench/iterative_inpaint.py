@@ -1,6 +1,6 @@
 """Emplace Iterative Inpaint in ComfyUI: crop-and-stitch against full-image passes, and the pack's overhead.
 
-    python bench/iterative_inpaint.py [--size 512] [--crop 256] [--steps 2] [--repeats 2]
+    python -m bench.iterative_inpaint [--size 512] [--crop 256] [--steps 2] [--repeats 2]   (from the repo root)
 
 Runs in a real ComfyUI in library mode ($COMFYUI_PATH or ~/ComfyUI) on an SD1.5-shaped
 random checkpoint (320-channel UNet with a 768 context, CLIP-L-shaped text model, TAESD;
@@ -29,8 +29,6 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "comfy")]
 BOXES = "a red cube: 0.1 0.55 0.3 0.8\na blue ball: 0.4 0.5 0.55 0.65\na lamp: 0.6 0.2 0.8 0.6\na cup: 0.8 0.7 0.95 0.9"
 
 
@@ -51,11 +49,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
 
-    from conftest import COMFYUI, PACK_ROOT, SKIP_REASON
+    # the tier-2 test helpers, imported before ComfyUI's folder (which has a `tests` package of its own) is on the path
+    from tests.comfy.conftest import COMFYUI, PACK_ROOT, SKIP_REASON
+    from tests.comfy.sd15_checkpoint import write_sd15_checkpoint
 
     if COMFYUI is None:
         sys.exit(SKIP_REASON)
-    sys.path.insert(0, str(COMFYUI))
+    sys.path.insert(0, str(COMFYUI))  # ComfyUI itself is no installed package
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
@@ -64,7 +64,6 @@ def main() -> None:
     import nodes
 
     assert asyncio.run(nodes.load_custom_node(str(PACK_ROOT))), "the pack failed to load"
-    from sd15_checkpoint import write_sd15_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = write_sd15_checkpoint(Path(tmp) / "sd15.safetensors")

@@ -1,6 +1,6 @@
 """LayoutBench-style AP on the scene world: iterative per-object inpainting vs one full-image pass.
 
-    python bench/layout_iterative.py [--n 25] [--out runs/layout_iterative]
+    python -m bench.layout_iterative [--n 25] [--out runs/layout_iterative]
 
 For each skill (number, position, size, shape) and split (in / out of distribution), layouts
 come from real renders (emplace/scenes/datasets/layout.py), so every box has a true object.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +25,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 TOY = ROOT / "emplace" / "defaults" / "toy_inpaint"
 SEED = 2_000_000_011  # held out from every training seed
 

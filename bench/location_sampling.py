@@ -1,6 +1,6 @@
 """Location proposals per second: 100 boxes per image, with the KV cache and without.
 
-    python bench/location_sampling.py [--model emplace/defaults/location/scene_world.safetensors]
+    python -m bench.location_sampling [--model emplace/defaults/location/scene_world.safetensors]
                                       [--samples 100] [--images 10] [--device cpu|cuda]
 
 Both ways draw the same boxes (same seeds; the test suite checks it); without the cache,
@@ -12,13 +12,10 @@ cache saves. Timed in one process, alternating, best of --repeats.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emplace.location.model import DEFAULT_MODEL, load_location_model
 from emplace.location.sample import propose

@@ -1,6 +1,6 @@
 """The scene-world table: does each preference method make the toy model's insertions more plausible?
 
-    python bench/scene_preference.py --out runs/scene_preference
+    python -m bench.scene_preference --out runs/scene_preference
 
 1. `python -m trainer scenes preference` renders pairs at the toy model's 64 px (held-in seeds);
 2. `python -m trainer dpo` trains one LoRA per method on them, with the same settings;

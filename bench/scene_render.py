@@ -1,6 +1,6 @@
 """Scenes per second of the scene-world ray caster at 128 px (issue 3 aims at 50 or more on 2 CPU cores).
 
-    python bench/scene_render.py [--size 128] [--batch 16] [--repeats 5]
+    python -m bench.scene_render [--size 128] [--batch 16] [--repeats 5]
 
 Times whole batches (scene sampling excluded) after one warm-up batch, for 1 ray per pixel and
 for 2x2 supersampling (the data sets' default), and prints both with their ratio.
@@ -9,16 +9,12 @@ for 2x2 supersampling (the data sets' default), and prints both with their ratio
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from emplace.scenes.render import render  # noqa: E402
-from emplace.scenes.world import sample_camera, sample_scene  # noqa: E402
+from emplace.scenes.render import render
+from emplace.scenes.world import sample_camera, sample_scene
 
 
 def scenes_per_second(size: int, batch: int, repeats: int, supersample: int) -> float:

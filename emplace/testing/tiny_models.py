@@ -1,4 +1,4 @@
-"""Tiny diffusers models with seeded weights, built from configs (tier 1)."""
+"""Tiny diffusers models with seeded weights, built from configs."""
 
 from __future__ import annotations
 

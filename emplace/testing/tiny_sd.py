@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tiny_models import seeded_
+from .tiny_models import seeded_
 
 
 def tiny_tokenizer(folder: Path) -> int:

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "library"))
 
 def test_a_trained_lora_patches_every_layer_of_the_matching_comfy_model(comfy, tiny, tmp_path, caplog):
     from emplace.files import save_image, write_jsonl
-    from tiny_sd import write_tiny_sd
+    from emplace.testing.tiny_sd import write_tiny_sd
     from trainer.dpo import DPOConfig, train
 
     # a diffusers UNet with the tiny ComfyUI model's layers (32/64 channels, attention at both levels, context 64)

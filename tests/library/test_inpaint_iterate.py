@@ -93,7 +93,7 @@ def test_the_toy_model_paints_inside_the_boxes_only():
 @pytest.mark.parametrize("channels", [4, 9])
 def test_a_tiny_sd_model_paints_through_diffusers(tmp_path, channels):
     from emplace.diffusion import load_backend
-    from tiny_sd import write_tiny_sd
+    from emplace.testing.tiny_sd import write_tiny_sd
 
     backend = load_backend(write_tiny_sd(tmp_path / "sd", in_channels=channels))
     image = torch.rand(3, 40, 48, generator=torch.Generator().manual_seed(1))

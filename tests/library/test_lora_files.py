@@ -12,8 +12,8 @@ from emplace.families import SD15, SDXL
 from emplace.lora import (LoraFormatError, LoraMismatchError, TrainingRecord, build_metadata,
                           check_family, check_targets, describe_metadata, emplace_fields, load_lora,
                           lora_family, save_lora, to_kohya)
+from emplace.testing.tiny_models import randomise_lora_, tiny_text_encoder, tiny_unet
 from emplace.weights import WeightsFileError, read_metadata
-from tiny_models import randomise_lora_, tiny_text_encoder, tiny_unet
 
 ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
 
