@@ -35,9 +35,9 @@ class EmplaceBoxes(io.ComfyNode):
             inputs=[
                 io.String.Input("spec", multiline=True, default="red cube: 0.1 0.5 0.35 0.8\n"
                                 "lamp: 0.55 0.2 0.8 0.7 | a brass desk lamp", tooltip=BOX_SPEC_HELP),
-                io.Int.Input("width", default=512, min=8, max=16384, step=8,
+                io.Int.Input("width", default=512, min=8, max=16384, step=1,
                              tooltip="image width in pixels (ignored when an image is connected)"),
-                io.Int.Input("height", default=512, min=8, max=16384, step=8,
+                io.Int.Input("height", default=512, min=8, max=16384, step=1,
                              tooltip="image height in pixels (ignored when an image is connected)"),
                 io.Image.Input("image", optional=True, tooltip="take the size from this image"),
             ],

@@ -40,6 +40,7 @@ LocationModelType = io.Custom("EMPLACE_LOCATION_MODEL")
 FOLDER = "location_models"
 DEFAULT_NAME = "emplace-scene-world (embedded default)"
 EXTENSIONS = {".safetensors"}
+MIN_SIZE = 0.06  # about 1/16 of the image side: at 0 a box may be one bin (1/128 of the side, 4 px at 512) thin
 
 
 def register_folder() -> None:
@@ -165,8 +166,10 @@ class EmplaceProposeLocations(io.ComfyNode):
                                tooltip="draw each coordinate from the likeliest bins holding this much "
                                        "probability (1: all)"),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
-                io.Float.Input("min_size", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="each box side at least this fraction of the image side"),
+                io.Float.Input("min_size", default=MIN_SIZE, min=0.0, max=1.0, step=0.01,
+                               tooltip=f"each box side at least this fraction of the image side; the default "
+                                       f"{MIN_SIZE} (about 1/16) keeps out sliver boxes, 0 allows boxes 1/128 of "
+                                       f"the side thin"),
                 io.Float.Input("max_size", default=1.0, min=0.01, max=1.0, step=0.01,
                                tooltip="each box side at most this fraction of the image side"),
                 io.Float.Input("nms_iou", default=0.5, min=0.0, max=1.0, step=0.01,

@@ -26,6 +26,13 @@ def test_boxes_from_text_take_the_image_size_and_report_a_bad_line(comfy):
         run(comfy, "EmplaceBoxes", spec="cube: 1 1 9 9\nlamp 1 2 3", width=64, height=64)
 
 
+def test_any_image_size_can_be_typed_when_no_image_is_connected(comfy):
+    required = comfy.node["EmplaceBoxes"].INPUT_TYPES()["required"]
+    assert required["width"][1]["step"] == 1 and required["height"][1]["step"] == 1
+    (boxes,) = run(comfy, "EmplaceBoxes", spec="a: 0.1 0.1 0.5 0.5", width=451, height=300)
+    assert boxes.size == (451, 300)
+
+
 @pytest.mark.parametrize("kind", ["emplace", "bbox", "bounding_box"])
 def test_any_box_type_becomes_a_mask(comfy, kind):
     (boxes,) = run(comfy, "EmplaceBoxes", spec="a: 4 4 28 30", width=72, height=64)

@@ -175,6 +175,13 @@ def test_box_sides_stay_in_the_size_range(comfy, location_model):
         assert 0.25 * 64 - 1e-3 <= b.width <= 0.5 * 64 + 1e-3 and 0.25 * 48 - 1e-3 <= b.height <= 0.5 * 48 + 1e-3
 
 
+def test_by_default_no_box_is_a_sliver(comfy, location_model):
+    default = comfy.node["EmplaceProposeLocations"].INPUT_TYPES()["required"]["min_size"][1]["default"]
+    assert 0.05 <= default <= 0.1
+    boxes, _, _ = propose(comfy, location_model, min_size=default, count=20, nms_iou=1.0)
+    assert min(min(b.width / 64, b.height / 48) for b in boxes) >= default - 1e-3
+
+
 def test_an_unknown_label_lists_the_known_ones(comfy, location_model):
     with pytest.raises(ValueError, match="unknown label 'giraffe'.*it knows: large_cube, small_ball"):
         propose(comfy, location_model, label="giraffe")
