@@ -8,10 +8,9 @@ as the published data set stores them; needs pyarrow) or a folder with `rows.jso
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ..files import write_jsonl
+from ..files import read_jsonl, write_jsonl
 from .pairs import PairDataError
 
 
@@ -26,13 +25,15 @@ def _rows_from_parquet(path: Path):
 
 
 def _rows_from_folder(folder: Path):
-    for i, text in enumerate((folder / "rows.jsonl").read_text().splitlines(), start=1):
-        if text.strip():
-            row = json.loads(text)
-            for key in ("jpg_0", "jpg_1"):
-                if isinstance(row.get(key), str):
-                    row[key] = (folder / row[key]).read_bytes() if (folder / row[key]).is_file() else None
-            yield i, row
+    try:
+        rows = read_jsonl(folder / "rows.jsonl", "Pick-a-Pic rows")
+    except ValueError as e:
+        raise PairDataError(str(e)) from None
+    for i, row in rows:
+        for key in ("jpg_0", "jpg_1"):
+            if isinstance(row.get(key), str):
+                row[key] = (folder / row[key]).read_bytes() if (folder / row[key]).is_file() else None
+        yield i, row
 
 
 def convert_pickapic(source: str | Path, out: str | Path) -> dict:
