@@ -51,15 +51,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
-def read_jsonl(path: Path, what: str) -> list[tuple[int, dict]]:
-    """(line number, row) for every JSON object line of a JSON-lines file of `what` ("PIPE pairs"), in order.
+def read_jsonl(path: Path, what: str, *, error: type[ValueError] = ValueError) -> list[tuple[int, dict]]:
+    """(line number, row) for every line of a JSON-lines file of `what`, in order.
 
-    Blank lines are skipped (numbers count them). A line that is not JSON, or not a JSON object,
-    is a ValueError naming the file and the line; so is a path that is not a file.
+    `what` says what the file should hold, for messages ("PIPE-style pairs, as `scenes removal`
+    writes them"). Blank lines are skipped (the numbers count them). A path that is not a file, a
+    line that is not JSON or not a JSON object: `error` (a ValueError) naming the file and the line.
     """
     path = Path(path)
     if why := why_not_a_file(path):
-        raise ValueError(f"{what} file {path} {why}")
+        raise error(f"{path} {why} (expected {what})")
     rows = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -67,9 +68,9 @@ def read_jsonl(path: Path, what: str) -> list[tuple[int, dict]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path} line {number} is not JSON: {e.msg} (column {e.colno})") from None
+            raise error(f"{path} line {number} is not JSON: {e.msg} (column {e.colno})") from None
         if not isinstance(row, dict):
-            raise ValueError(f"{path} line {number} is not a JSON object ({what}: one object per line)")
+            raise error(f"{path} line {number} is not a JSON object (expected {what}, one object per line)")
         rows.append((number, row))
     return rows
 

@@ -207,13 +207,8 @@ def load_pipe(root: Path, threshold: float = DIFFERENCE_THRESHOLD) -> list[Locat
     """
     root = Path(root)
     path = root / "pairs.jsonl"
-    if why := why_not_a_file(path):
-        raise LocationDataError(f"{path} {why} (expected PIPE-style pairs, as `python -m trainer "
-                                f"scenes removal` writes them)")
-    try:
-        rows = read_jsonl(path, "PIPE pairs")
-    except ValueError as e:
-        raise LocationDataError(str(e)) from None
+    rows = read_jsonl(path, "PIPE-style pairs, as `python -m trainer scenes removal` writes them",
+                      error=LocationDataError)
     examples = [_pipe_example(f"{path} line {number}", root, row, number, threshold) for number, row in rows]
     if not examples:
         raise LocationDataError(f"{path} has no pairs")

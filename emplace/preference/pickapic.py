@@ -25,11 +25,7 @@ def _rows_from_parquet(path: Path):
 
 
 def _rows_from_folder(folder: Path):
-    try:
-        rows = read_jsonl(folder / "rows.jsonl", "Pick-a-Pic rows")
-    except ValueError as e:
-        raise PairDataError(str(e)) from None
-    for i, row in rows:
+    for i, row in read_jsonl(folder / "rows.jsonl", "Pick-a-Pic rows", error=PairDataError):
         for key in ("jpg_0", "jpg_1"):
             if isinstance(row.get(key), str):
                 row[key] = (folder / row[key]).read_bytes() if (folder / row[key]).is_file() else None

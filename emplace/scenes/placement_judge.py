@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..boxes import Box, iou
-from ..files import read_jsonl, why_not_a_file
+from ..files import read_jsonl
 from .datasets.files import camera_from_record
 from .geometry import ground_point, project, surface_points
 from .metrics import SCALE_TOLERANCE
@@ -152,13 +152,8 @@ def _explains(expected: Box, box: Box, scale_tolerance: float) -> bool:
 def load_scene_records(root: Path) -> dict[str, dict]:
     """bg_id -> its line of `root/scenes.jsonl` (written by `scenes location`)."""
     path = Path(root) / "scenes.jsonl"
-    if why := why_not_a_file(path):
-        raise SceneRecordError(f"{path} {why}: `python -m trainer scenes location` writes it "
-                               f"next to train_set.csv")
-    try:
-        rows = read_jsonl(path, "scene records")
-    except ValueError as e:
-        raise SceneRecordError(str(e)) from None
+    rows = read_jsonl(path, "scene records, as `python -m trainer scenes location` writes them next to "
+                            "train_set.csv", error=SceneRecordError)
     records: dict[str, dict] = {}
     for number, record in rows:
         if "bg_id" not in record:

@@ -1,4 +1,4 @@
-"""Write a tiny diffusers SD1.5 / SDXL folder (see `tiny_sd.py`) as ONE original-format ("LDM", single-file) checkpoint.
+"""Write a tiny diffusers SD1.5 / SDXL folder (see `emplace/testing/tiny_sd.py`) as ONE original-format ("LDM", single-file) checkpoint.
 
 Real single-file checkpoints (CompVis / SGM, what ComfyUI keeps in models/checkpoints) are gigabytes, and no LDM model
 code is a dependency, so the trainer's single-file loading is tested on tiny models written by this helper: it is the

@@ -46,11 +46,14 @@ def test_json_lines_come_back_with_their_line_numbers_and_blank_lines_skipped(tm
 
 @pytest.mark.parametrize("bad, message", [('{"a": ', r"rows.jsonl line 2 is not JSON"),
                                           ("[1, 2]", r"rows.jsonl line 2 is not a JSON object")])
-def test_a_bad_json_line_is_named_by_file_and_line(tmp_path, bad, message):
+def test_a_bad_json_line_is_named_by_file_and_line_in_the_callers_error(tmp_path, bad, message):
+    class RowsError(ValueError):
+        pass
+
     path = tmp_path / "rows.jsonl"
     path.write_text('{"a": 1}\n' + bad + "\n")
-    with pytest.raises(ValueError, match=message):
-        read_jsonl(path, "rows")
+    with pytest.raises(RowsError, match=message):
+        read_jsonl(path, "rows", error=RowsError)
 
 
 def test_a_missing_file_and_a_folder_are_told_apart_and_the_file_is_named_once(tmp_path):
@@ -61,7 +64,7 @@ def test_a_missing_file_and_a_folder_are_told_apart_and_the_file_is_named_once(t
     with pytest.raises(WeightsFileError) as missing:
         check_safetensors(tmp_path / "gone.safetensors", "LoRA")
     assert str(missing.value) == f"LoRA '{tmp_path / 'gone.safetensors'}' does not exist"
-    with pytest.raises(ValueError, match="rows file .* is a folder, not a file"):
+    with pytest.raises(ValueError, match=r"folder.safetensors is a folder, not a file \(expected rows\)"):
         read_jsonl(tmp_path / "folder.safetensors", "rows")
 
 
