@@ -7,10 +7,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from workflow_api import ui_to_api
+
+pytestmark = pytest.mark.slow  # a headless server: start-up alone takes seconds
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 NODE_IDS = {"EmplaceLoadPreferenceLora", "EmplaceRegionalPreferenceLora", "EmplaceBoxes", "EmplaceBoxesToMask",

@@ -4,12 +4,11 @@ loader and the pack's."""
 from __future__ import annotations
 
 import logging
-import sys
-from pathlib import Path
 
+import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "library"))
+pytestmark = pytest.mark.slow  # a whole training run
 
 
 def test_a_trained_lora_patches_every_layer_of_the_matching_comfy_model(comfy, tiny, tmp_path, caplog):

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a headless server and a browser
+
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # As this machine's probe starts it: no sandbox as root, and no background traffic on a closed network.
