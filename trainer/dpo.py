@@ -1,11 +1,11 @@
 """python -m trainer dpo --config run.toml: preference pairs -> a LoRA that ComfyUI loads fully.
 
-One linear loop, as in the diffusers training examples:
-set-up (accelerate, model, LoRA through peft) -> data (pairs.jsonl, encoded once and cached)
--> the step (the same noise and timestep for winner, loser and the reference pass; the
-reference is the same UNet with the adapter disabled) -> the method's loss
-(emplace/preference/losses.py) -> logging (tqdm, TensorBoard) -> checkpoints -> the LoRA in
-the kohya form with the pack's metadata, and a PNG of the curves.
+In order: set-up (accelerate, model, LoRA through peft) -> data (pairs.jsonl, encoded once
+and cached) -> the step (the same noise and timestep for winner, loser and the reference
+pass; the reference is the same UNet with the adapter disabled) -> the method's loss, looked
+up by name in emplace/preference/losses.py's METHODS; the trainer's one loop (loop.py) runs
+the steps, logs and checkpoints -> evaluation on the pairs -> the LoRA in the kohya form with
+the pack's metadata -> validation images.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from emplace.files import load_image
 from emplace.preference import losses
 from emplace.weights import load_safetensors, save_safetensors
 
-from .config import TrainingConfig, add_config_arguments, config_from_args, load_config, setting
+from .config import TrainingConfig, add_config_arguments, config_from_args, setting
 from .loop import Run, batch_indices, phase, start
 from .loop import train as run_loop
 
@@ -66,10 +66,6 @@ class DPOConfig(TrainingConfig):
     validation_steps: int = setting(25, "sampling steps of the validation images", low=1)
     validation_guidance: float = setting(5.0, "guidance scale of the validation images", low=0.0)
     cache: bool = setting(True, "cache the encoded pairs on disk")
-
-    @classmethod
-    def load(cls, path: Path | None, overrides: dict | None = None) -> DPOConfig:
-        return load_config(cls, path, overrides)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

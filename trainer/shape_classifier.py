@@ -21,7 +21,7 @@ class ShapeClassifierConfig(TrainingConfig):
     out: Path = setting(DEFAULT_WEIGHTS, "the weights file to write")
     work: Path = setting(Path("runs/shape_classifier"), "checkpoints, logs, curves")
     scenes: int = setting(3000, "scenes rendered for crops", low=16)
-    steps: int = setting(3600, "optimisation steps (about 24 passes over 3,000 scenes' crops)", low=0)
+    steps: int = setting(1800, "optimisation steps (about 24 passes over 3,000 scenes' crops)", low=0)
     batch: int = setting(128, "crops per step", low=1)
     lr: float = setting(3e-3, "peak learning rate", low=0.0)
     schedule: str = setting("cosine", "after the warm-up: held, or cosine decay to zero", choices=("constant", "cosine"))
