@@ -20,7 +20,7 @@ from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 from comfy_api.latest import io
 
-from ..emplace.multiview import COND, MODES, RECORD, SITE_KINDS, MultiViewContext, MultiViewOptions, fit_latent
+from ..emplace.multiview import COND, MODES, RECORD, SITE_KINDS, MultiViewContext, MultiViewOptions
 
 KEY = "emplace_multiview"
 CACHED_PERCENT = 0.9  # 'cached' records the reference once, at the sigma 90% of the way through sampling
@@ -79,7 +79,7 @@ def apply_model_wrapper(context: MultiViewContext):
             if pass_ != RECORD:
                 return executor(latent, level, c_concat, c_crossattn, control, transformer_options, **kwargs)
             views = latent.shape[0]
-            clean = fit_latent(context.reference.to(latent), tuple(latent.shape[-2:]))
+            clean, _ = context.reference_at(tuple(latent.shape[-2:]), latent.device, latent.dtype)
             options = {**transformer_options, "cond_or_uncond": [COND], "sigmas": level}
             if "uuids" in options:
                 options["uuids"] = options["uuids"][:1]

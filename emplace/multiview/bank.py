@@ -47,21 +47,27 @@ class ReferenceBank:
         self.tokens: dict[tuple, torch.Tensor] = {}
         self.latent_size: tuple[int, int] | None = None
         self.key = None  # what the tokens were recorded for (the controller decides when to record again)
+        self._visible: dict[tuple, torch.Tensor] = {}  # flat indices of the visible tokens, per grid and device
 
     def clear(self, latent_size: tuple[int, int] | None = None) -> None:
         self.tokens, self.latent_size, self.key = {}, latent_size, None
 
     def record(self, site: tuple, n: torch.Tensor) -> None:
         """n [V, N, C]: one site's tokens for the V views; the hidden ones are dropped here."""
-        views = n.shape[0]
+        flat = n.reshape(1, -1, n.shape[-1])  # views in order, each view's tokens in order
         if self.hide_mask is not None:
-            if self.latent_size is None:
-                raise RuntimeError("clear(latent_size) before recording with a hide mask")
-            visible = visible_tokens(self.hide_mask, token_grid(n.shape[1], self.latent_size)).to(n.device)
-            visible = visible.expand(views, -1)
-            self.tokens[site] = n[visible][None]  # views in order, each view's visible tokens in order
-        else:
-            self.tokens[site] = n.reshape(1, -1, n.shape[-1])
+            flat = flat.index_select(1, self.visible_index(n.shape[0], n.shape[1], n.device))
+        self.tokens[site] = flat
+
+    def visible_index(self, views: int, n_tokens: int, device) -> torch.Tensor:
+        """Flat indices of the visible tokens of `views` views of `n_tokens` tokens (computed once per grid)."""
+        if self.latent_size is None:
+            raise RuntimeError("clear(latent_size) before recording with a hide mask")
+        key = (views, n_tokens, self.latent_size, str(device))
+        if key not in self._visible:
+            visible = visible_tokens(self.hide_mask, token_grid(n_tokens, self.latent_size)).expand(views, -1)
+            self._visible[key] = visible.flatten().nonzero()[:, 0].to(device)
+        return self._visible[key]
 
     def serve(self, site: tuple, batch: int) -> torch.Tensor | None:
         """[batch, M, C]: every view's visible tokens for `site`, the same for each batch element."""

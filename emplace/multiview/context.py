@@ -78,7 +78,7 @@ class MultiViewContext:
         self.reference, self.options = reference, options
         self.bank = ReferenceBank(hide_mask)
         self.pass_, self.chunks = PLAIN, None
-        self._noise: torch.Tensor | None = None
+        self._fitted: tuple[tuple, torch.Tensor, torch.Tensor] | None = None  # (where, latent, noise) on the device
 
     @property
     def views(self) -> int:
@@ -121,20 +121,24 @@ class MultiViewContext:
         key = (float(at), size, x.dtype, x.device)
         if self.bank.key is not None and self.bank.key[0] == key and _same_condition(self.bank.key[1], condition):
             return
-        latent = fit_latent(self.reference.to(x.device, x.dtype), size)
+        latent, noise = self.reference_at(size, x.device, x.dtype)
         at = at.to(level.device).repeat(self.views)
         self.bank.clear(size)
         self.pass_ = RECORD
         try:
-            run(noise_scaling(at, self.noise_like(latent), latent), at, RECORD)
+            run(noise_scaling(at, noise, latent), at, RECORD)
         finally:
             self.pass_ = PLAIN
         self.bank.key = (key, condition)
 
-    def noise_like(self, latent: torch.Tensor) -> torch.Tensor:
-        if self._noise is None or self._noise.shape != latent.shape:
-            self._noise = reference_noise(latent.shape, self.options.seed)
-        return self._noise.to(latent.device, latent.dtype)
+    def reference_at(self, size: tuple[int, int], device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference latent at the target's `size` and its fixed noise, kept on the device between steps."""
+        where = (tuple(size), torch.device(device), dtype)
+        if self._fitted is None or self._fitted[0] != where:
+            latent = fit_latent(self.reference.to(device, dtype), size)
+            noise = reference_noise(latent.shape, self.options.seed).to(device, dtype)
+            self._fitted = (where, latent, noise)
+        return self._fitted[1], self._fitted[2]
 
     # -- the hooks --------------------------------------------------------------------------
     def tokens(self, site: tuple, n: torch.Tensor) -> torch.Tensor | None:

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from emplace.multiview import (COND, READ, RECORD, UNCOND, MultiViewContext, MultiViewOptions, ReferenceBank,
-                               add_noise, extended_attention, reference_attention, token_grid, visible_tokens)
+                               add_noise, extended_attention, reference_attention, reference_noise, token_grid,
+                               visible_tokens)
 from emplace.multiview.diffusers_processor import (MultiViewAttnProcessor, remove_multiview_processors,
                                                    set_multiview_processors)
 from emplace.testing.tiny_models import seeded_, tiny_unet
@@ -124,7 +125,9 @@ def test_exact_records_the_reference_noised_to_the_current_level_once_per_level(
     ctx.denoise(x, torch.tensor([2.0, 2.0]), run)
     assert [(p, lv) for p, lv, _ in run.passes] == [(RECORD, 3.0), (READ, 3.0), (READ, 3.0), (RECORD, 2.0),
                                                     (READ, 2.0)]
-    expected = add_noise(torch.tensor([3.0, 3.0]), ctx.noise_like(ctx.reference), ctx.reference)
+    latent, noise = ctx.reference_at((4, 4), x.device, x.dtype)
+    assert torch.equal(latent, ctx.reference) and torch.equal(noise, reference_noise((2, 4, 4, 4)))
+    expected = add_noise(torch.tensor([3.0, 3.0]), noise, ctx.reference)
     torch.testing.assert_close(run.passes[0][2], expected)
     assert out.shape == (2, 16 + 2 * 16, 4)  # itself, then both views' tokens
 
