@@ -53,15 +53,13 @@ def record_row(chunks: list[int] | None, batch: int) -> int:
     return chunks.index(COND) * (batch // len(chunks))
 
 
-def reference_concat(base, clean: torch.Tensor, given: torch.Tensor | None) -> torch.Tensor | None:
-    """c_concat for the record pass: an inpainting model sees the whole reference, nothing masked."""
-    if given is None:
-        return None
+def reference_concat(keys: tuple[str, ...], clean: torch.Tensor) -> torch.Tensor:
+    """c_concat for the record pass: an inpainting model sees the whole reference, nothing masked
+    (the parts in the order of model_base's concat_keys, as concat_cond builds them)."""
     parts = {"mask": torch.zeros_like(clean[:, :1]), "mask_inverted": torch.ones_like(clean[:, :1]),
              "masked_image": clean, "concat_image": clean}
-    keys = getattr(base, "concat_keys", ())
-    if not keys or any(k not in parts for k in keys):
-        raise ValueError(f"model: cannot build the reference's inpainting input ({keys or 'unknown channels'})")
+    if any(k not in parts for k in keys):
+        raise ValueError(f"model: cannot build the reference's inpainting input for its channels {keys}")
     return torch.cat([parts[k] for k in keys], 1)
 
 
@@ -69,6 +67,7 @@ def apply_model_wrapper(context: MultiViewContext):
     def wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
         chunks = transformer_options.get("cond_or_uncond")
         row, batch = record_row(chunks, x.shape[0]), x.shape[0]
+        concat_keys = getattr(executor.class_obj, "concat_keys", ())
 
         def pick(value, views):  # one target element's conditioning, for each reference view
             if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
@@ -79,12 +78,15 @@ def apply_model_wrapper(context: MultiViewContext):
             if pass_ != RECORD:
                 return executor(latent, level, c_concat, c_crossattn, control, transformer_options, **kwargs)
             views = latent.shape[0]
-            clean, _ = context.reference_at(tuple(latent.shape[-2:]), latent.device, latent.dtype)
+            concat = pick(c_concat, views)
+            if c_concat is not None and concat_keys:
+                concat = reference_concat(concat_keys, context.reference_at(tuple(latent.shape[-2:]), latent.device,
+                                                                            latent.dtype)[0])
             options = {**transformer_options, "cond_or_uncond": [COND], "sigmas": level}
             if "uuids" in options:
                 options["uuids"] = options["uuids"][:1]
-            return executor(latent, level, reference_concat(executor.class_obj, clean, c_concat),
-                            pick(c_crossattn, views), None, options, **{k: pick(v, views) for k, v in kwargs.items()})
+            return executor(latent, level, concat, pick(c_crossattn, views), None, options,
+                            **{k: pick(v, views) for k, v in kwargs.items()})
 
         has_cond = c_crossattn is not None and (not chunks or COND in chunks)
         condition = c_crossattn[row:row + 1] if has_cond else None
@@ -99,10 +101,10 @@ def patch_model(model, context: MultiViewContext, sites: list[tuple[str, int, in
     enabled = set(sites)
 
     def attn1_patch(n, context_attn1, value_attn1, extra):
-        block = extra.get("block")
-        if block is None or (block[0], block[1], extra.get("block_index", 0)) not in enabled:
+        block, index = extra.get("block"), extra.get("block_index", 0)
+        if block is None or (block[0], block[1], index) not in enabled:
             return n, context_attn1, value_attn1
-        tokens = context.tokens((block[0], block[1], extra["block_index"], extra.get("transformer_index")), n)
+        tokens = context.tokens((block[0], block[1], index, extra.get("transformer_index")), n)
         if tokens is None:
             return n, context_attn1, value_attn1
         tokens = tokens.to(n)
@@ -199,6 +201,9 @@ class EmplaceMultiViewContext(io.ComfyNode):
         if strength == 0:
             return io.NodeOutput(model, "strength 0: the model is returned unchanged")
         kinds = SITE_KINDS if sites == "all" else tuple(sites.split("+"))
+        chosen = [s for s in all_sites if s[0] in kinds]
+        if not chosen:
+            raise ValueError(f"sites: the model has no self-attention in its {sites} blocks")
         sampling = model.get_model_object("model_sampling")
         options = MultiViewOptions(strength=strength, uncond_strength=0.0 if cond_only else None, sites=kinds,
                                    mode=mode, start=float(sampling.percent_to_sigma(start_percent)),
@@ -207,8 +212,5 @@ class EmplaceMultiViewContext(io.ComfyNode):
         latent = model.get_model_object("latent_format").process_in(vae.encode(reference[..., :3]))
         hide = None if reference_hide_mask is None else reference_hide_mask.float().cpu()
         context = MultiViewContext(latent.float().cpu(), options, hide)
-        chosen = [s for s in all_sites if s[0] in kinds]
-        if not chosen:
-            raise ValueError(f"sites: the model has no self-attention in its {sites} blocks")
         info = describe(options, reference, latent, hide, len(chosen), start_percent, end_percent, cond_only)
         return io.NodeOutput(patch_model(model, context, chosen), info)

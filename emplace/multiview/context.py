@@ -74,7 +74,8 @@ class MultiViewContext:
         if reference.dim() != 4 or reference.shape[0] == 0:
             raise ValueError(f"reference must be a latent batch [V, C, h, w] with V >= 1, got {tuple(reference.shape)}")
         if hide_mask is not None and (hide_mask.dim() != 3 or hide_mask.shape[0] not in (1, reference.shape[0])):
-            raise ValueError(f"hide_mask must be [1 or {reference.shape[0]} (views), H, W], got {tuple(hide_mask.shape)}")
+            raise ValueError(f"hide_mask must be [1 or {reference.shape[0]} (views), H, W], "
+                             f"got {tuple(hide_mask.shape)}")
         self.reference, self.options = reference, options
         self.bank = ReferenceBank(hide_mask)
         self.pass_, self.chunks = PLAIN, None
