@@ -187,21 +187,8 @@ def test_bad_inputs_get_clear_errors(comfy, tiny):
         multiview(comfy, tiny.model, tiny.vae, images(2), reference_hide_mask=torch.zeros(3, 64, 64))
     with pytest.raises(ValueError, match="start_percent"):
         multiview(comfy, tiny.model, tiny.vae, images(), start_percent=0.8, end_percent=0.2)
+    from tiny_flux import tiny_flux
+
     with pytest.raises(ValueError, match="Emplace Multi-View Conditioning"):
         multiview(comfy, tiny_flux(), tiny.vae, images())
 
-
-def tiny_flux():
-    """A Flux model built from ComfyUI's classes (weights unset: it is only refused, never run)."""
-    import comfy.model_management
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    config = comfy.supported_models.Flux({
-        "image_model": "flux", "in_channels": 16, "patch_size": 2, "out_channels": 16, "vec_in_dim": 64,
-        "context_in_dim": 64, "hidden_size": 128, "mlp_ratio": 2.0, "num_heads": 1, "depth": 1,
-        "depth_single_blocks": 1, "axes_dim": [16, 56, 56], "theta": 10000, "qkv_bias": True,
-        "guidance_embed": False})
-    config.set_inference_dtype(torch.float32, None)
-    device = comfy.model_management.get_torch_device()
-    return comfy.model_patcher.ModelPatcher(config.get_model({}), load_device=device, offload_device=device)
