@@ -6,6 +6,8 @@ from .boxes import EmplaceBoxes, EmplaceBoxesToMask, EmplaceDrawBoxes
 from .inpaint import EmplaceIterativeInpaint
 from .proposals import EmplaceLoadLocationModel, EmplaceProposeLocations, EmplaceSelectBoxes
 from .lora import EmplaceLoadPreferenceLora, EmplaceRegionalPreferenceLora
+from .multiview import EmplaceMultiViewContext
+from .multiview_context import EmplaceMultiViewConditioning, EmplaceSideBySideContext, EmplaceSideBySideSplit
 
 NODES: list[type[io.ComfyNode]] = [
     EmplaceLoadPreferenceLora,
@@ -17,6 +19,10 @@ NODES: list[type[io.ComfyNode]] = [
     EmplaceLoadLocationModel,
     EmplaceProposeLocations,
     EmplaceSelectBoxes,
+    EmplaceMultiViewContext,
+    EmplaceSideBySideContext,
+    EmplaceSideBySideSplit,
+    EmplaceMultiViewConditioning,
 ]
 
 
