@@ -6,6 +6,7 @@ bank.py       reference tokens per attention site, the hide mask on each site's 
 schedule.py   noise levels: noising the reference, the active span, resizing its latent
 context.py    a sampling run: record the reference, then read it (the host supplies the model step)
 diffusers_processor.py  the same on a diffusers UNet (attn1 processors)
+side_by_side.py  the other way: the views shown to the model as images (canvas, DiT reference views)
 
 ComfyUI drives it from nodes/multiview.py through an attn1 patch, attn1 replacements and an
 APPLY_MODEL wrapper.
