@@ -51,12 +51,15 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
-def read_jsonl(path: Path, what: str, *, error: type[ValueError] = ValueError) -> list[tuple[int, dict]]:
+def read_jsonl(path: Path, what: str, *, error: type[ValueError] = ValueError,
+               problems: list[str] | None = None) -> list[tuple[int, dict]]:
     """(line number, row) for every line of a JSON-lines file of `what`, in order.
 
     `what` says what the file should hold, for messages ("PIPE-style pairs, as `scenes removal`
     writes them"). Blank lines are skipped (the numbers count them). A path that is not a file, a
-    line that is not JSON or not a JSON object: `error` (a ValueError) naming the file and the line.
+    line that is not JSON or not a JSON object: `error` (a ValueError) naming the file and the line,
+    or, when a `problems` list is given, a "line N: ..." entry there and the line skipped (so a
+    caller can report every bad line at once).
     """
     path = Path(path)
     if why := why_not_a_file(path):
@@ -68,10 +71,15 @@ def read_jsonl(path: Path, what: str, *, error: type[ValueError] = ValueError) -
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise error(f"{path} line {number} is not JSON: {e.msg} (column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise error(f"{path} line {number} is not a JSON object (expected {what}, one object per line)")
-        rows.append((number, row))
+            why = f"not JSON: {e.msg} (column {e.colno})"
+        else:
+            if isinstance(row, dict):
+                rows.append((number, row))
+                continue
+            why = f"not a JSON object (expected {what}, one object per line)"
+        if problems is None:
+            raise error(f"{path} line {number} is {why}")
+        problems.append(f"line {number}: {why}")
     return rows
 
 

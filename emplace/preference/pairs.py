@@ -17,9 +17,10 @@ draws its own crops every step) are refused rather than silently ignored.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..files import read_jsonl
 
 
 class PairDataError(ValueError):
@@ -50,10 +51,7 @@ UNSUPPORTED = {"crop_winner": "the asymmetric method draws its own differential 
                "crop_loser": "the asymmetric method draws its own differential crops every step"}
 
 
-def parse_line(folder: Path, number: int, text: str) -> PreferencePair:
-    row = json.loads(text)
-    if not isinstance(row, dict):
-        raise ValueError("a line must be a JSON object")
+def parse_row(folder: Path, number: int, row: dict) -> PreferencePair:
     prompt = row.get("prompt", row.get("caption"))
     if not isinstance(prompt, str):
         raise ValueError("'prompt' is missing or not text")
@@ -79,17 +77,15 @@ def load_pairs(folder: str | Path) -> list[PreferencePair]:
     path = folder / "pairs.jsonl"
     if not path.is_file():
         raise PairDataError(f"no pairs.jsonl in '{folder}'")
-    pairs, problems = [], []
-    for number, text in enumerate(path.read_text().splitlines(), start=1):
-        if not text.strip():
-            continue
+    problems: list[str] = []
+    pairs = []
+    for number, row in read_jsonl(path, "preference pairs", error=PairDataError, problems=problems):
         try:
-            pairs.append(parse_line(folder, number, text))
-        except json.JSONDecodeError as e:
-            problems.append(f"line {number}: not JSON ({e.msg})")
+            pairs.append(parse_row(folder, number, row))
         except ValueError as e:
             problems.append(f"line {number}: {e}")
     if problems:
+        problems.sort(key=lambda p: int(p.split(":")[0].removeprefix("line ")))
         shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
         raise PairDataError(f"{path}: {len(problems)} bad line(s):\n  {shown}")
     if not pairs:
