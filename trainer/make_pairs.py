@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from emplace.boxes import box_from_mask, box_mask
+from emplace.files import load_image, read_jsonl, save_image, write_jsonl
 from emplace.preference.degradations import LOCAL, paste
-from emplace.files import load_image, save_image, write_jsonl
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 
@@ -98,18 +98,16 @@ def degrade(args: argparse.Namespace) -> int:
 def ranked(args: argparse.Namespace) -> int:
     base = args.ranking.parent
     rows, problems = [], []
-    for number, text in enumerate(args.ranking.read_text().splitlines(), start=1):
-        if not text.strip():
-            continue
+    for number, row in read_jsonl(args.ranking, "rankings ({\"prompt\", \"ranked\": [best, ..., worst]})",
+                                  problems=problems):
         try:
-            row = json.loads(text)
             files = [base / f for f in row["ranked"]]
             if len(files) < 2:
                 raise ValueError("'ranked' needs two or more candidates")
             missing = [f.name for f in files if not f.is_file()]
             if missing:
                 raise ValueError(f"missing file(s): {', '.join(missing)}")
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             problems.append(f"line {number}: {e}")
             continue
         group = f"{number:05d}"
