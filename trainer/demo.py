@@ -19,6 +19,8 @@ import torch
 
 from emplace.boxes import Box
 
+from .loop import phase
+
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "emplace" / "defaults" / "toy_inpaint"
 
 
@@ -69,14 +71,17 @@ def run(args: argparse.Namespace) -> int:
     location_model = load_location_model(args.location_model or DEFAULT_LOCATION_MODEL)
     with lora_applied(model, args.lora, args.lora_strength):
         n = args.eval or 4
-        examples = insertion_examples(n, HELD_OUT_SEED + args.seed, size=model.config.image_size)
+        with phase(f"rendering {n} held-out scene{'s' if n > 1 else ''}"):
+            examples = insertion_examples(n, HELD_OUT_SEED + args.seed, size=model.config.image_size)
         if args.mask == "region":
             examples = [replace(e, mask=e.region_mask()) for e in examples]
         proposals = propose_for(examples, location_model, args.proposals, args.seed)
         at_proposals = [replace(e, mask=box_mask(p.best, e.mask.shape[1], e.mask.shape[0], grow=2))
                         for e, p in zip(examples, proposals)]
-        summary, results = evaluate_toy_inpainting(model, examples, args.steps, args.guidance, seed=args.seed)
-        _, proposed_results = evaluate_toy_inpainting(model, at_proposals, args.steps, args.guidance, seed=args.seed)
+        summary, results = evaluate_toy_inpainting(model, examples, args.steps, args.guidance, seed=args.seed,
+                                                   desc="inpainting at the true boxes")
+        _, proposed_results = evaluate_toy_inpainting(model, at_proposals, args.steps, args.guidance, seed=args.seed,
+                                                      desc="inpainting at the best proposals")
     summary["proposal_plausible_rate"] = sum(p.plausible for p in proposals) / n
     args.out.mkdir(parents=True, exist_ok=True)
     shown = min(n, 8)
@@ -120,8 +125,10 @@ def propose_for(examples, model, n: int, seed: int) -> list[DemoProposal]:
     from emplace.scenes.datasets.opa_layout import category_name
     from emplace.scenes.placement_judge import judge_box
 
+    from tqdm import tqdm
+
     out = []
-    for i, e in enumerate(examples):
+    for i, e in enumerate(tqdm(examples, desc=f"proposing locations ({n} samples per scene)", unit="scene")):
         category = category_name(e.target.shape, e.target.size)
         p = propose(model, e.background, category, n, seed=seed + i)
         size = e.background.shape[-1]

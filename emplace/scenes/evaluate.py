@@ -49,10 +49,13 @@ def summarise(scores: list[InsertionScore]) -> dict:
 
 
 def evaluate_toy_inpainting(model, examples: list[InsertionExample], steps: int = 25, guidance: float = 3.0,
-                            seed: int = 0, batch: int = 16) -> tuple[dict, list[torch.Tensor]]:
+                            seed: int = 0, batch: int = 16, desc: str = "inpainting") -> tuple[dict, list[torch.Tensor]]:
     """Inpaint every example's background at its mask with its prompt; score the results."""
+    from tqdm import tqdm
+
     results = []
-    for start in range(0, len(examples), batch):
+    for start in tqdm(range(0, len(examples), batch), desc=f"{desc} ({len(examples)} scenes, {steps} steps)",
+                      unit="batch"):
         chunk = examples[start:start + batch]
         results += list(model.inpaint(torch.stack([e.background for e in chunk]), torch.stack([e.mask for e in chunk]),
                                       [e.prompt for e in chunk], steps=steps, guidance=guidance, seed=seed + start))
