@@ -46,8 +46,8 @@ def labelled_crops(n_scenes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor
 
     g = torch.Generator().manual_seed(seed)
     crops, labels = [], []
-    for start in tqdm(range(0, n_scenes, 16), desc="rendering", unit="batch"):
-        size = 64 if (start // 16) % 2 == 0 else 128
+    for first in tqdm(range(0, n_scenes, 16), desc="rendering", unit="batch"):
+        size = 64 if (first // 16) % 2 == 0 else 128
         scenes = [sample_scene(g, (1, 6)) for _ in range(16)]
         cams = [sample_camera(g) for _ in range(16)]
         r = render(scenes, cams, size)

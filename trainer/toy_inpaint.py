@@ -59,8 +59,8 @@ def training_data(work: Path, n: int, seed: int, size: int) -> dict:
 
     examples = []
     chunk = 256
-    for start in tqdm(range(0, n, chunk), desc="rendering training scenes", unit="chunk"):
-        examples += insertion_examples(min(chunk, n - start), seed=seed * 100_003 + start, size=size)
+    for first in tqdm(range(0, n, chunk), desc="rendering training scenes", unit="chunk"):
+        examples += insertion_examples(min(chunk, n - first), seed=seed * 100_003 + first, size=size)
     to8 = lambda x: (x * 255).round().to(torch.uint8)  # noqa: E731
     data = {"images": to8(torch.stack([e.image for e in examples])),
             "backgrounds": to8(torch.stack([e.background for e in examples])),
