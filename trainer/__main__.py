@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import demo, dpo, location_trainer, lora_commands, make_pairs, scenes, shape_classifier, toy_inpaint
+from . import demo, dpo, location_trainer, lora_commands, make_pairs, multiview, scenes, shape_classifier, toy_inpaint
 
-COMMANDS = [demo, scenes, dpo, location_trainer, make_pairs, toy_inpaint, shape_classifier, lora_commands]
+COMMANDS = [demo, scenes, dpo, location_trainer, make_pairs, toy_inpaint, shape_classifier, lora_commands, multiview]
 
 
 def main(argv: list[str] | None = None) -> int:
