@@ -4,47 +4,43 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_comfy import random_image, run_node
 
 SPEC = "red cube: 4 4 28 30\nlamp: 0.5 0.25 0.9 0.75 | a brass lamp"
 
 
-def run(comfy, node, **inputs):
-    return comfy.node[node].execute(**inputs).args
-
-
 def canvas(h=64, w=72):
-    g = torch.Generator().manual_seed(0)
-    return torch.rand(1, h, w, 3, generator=g)
+    return random_image(h, w)
 
 
 def test_boxes_from_text_take_the_image_size_and_report_a_bad_line(comfy):
-    (boxes,) = run(comfy, "EmplaceBoxes", spec=SPEC, width=512, height=512, image=canvas())
+    (boxes,) = run_node(comfy, "EmplaceBoxes", spec=SPEC, width=512, height=512, image=canvas())
     assert boxes.size == (72, 64)
     assert [(b.label, b.prompt, b.xyxy) for b in boxes] == [("red cube", "", (4, 4, 28, 30)),
                                                              ("lamp", "a brass lamp", (36, 16, 64.8, 48))]
     with pytest.raises(ValueError, match="line 2: 'lamp 1 2 3' is not"):
-        run(comfy, "EmplaceBoxes", spec="cube: 1 1 9 9\nlamp 1 2 3", width=64, height=64)
+        run_node(comfy, "EmplaceBoxes", spec="cube: 1 1 9 9\nlamp 1 2 3", width=64, height=64)
 
 
 def test_any_image_size_can_be_typed_when_no_image_is_connected(comfy):
     required = comfy.node["EmplaceBoxes"].INPUT_TYPES()["required"]
     assert required["width"][1]["step"] == 1 and required["height"][1]["step"] == 1
-    (boxes,) = run(comfy, "EmplaceBoxes", spec="a: 0.1 0.1 0.5 0.5", width=451, height=300)
+    (boxes,) = run_node(comfy, "EmplaceBoxes", spec="a: 0.1 0.1 0.5 0.5", width=451, height=300)
     assert boxes.size == (451, 300)
 
 
 @pytest.mark.parametrize("kind", ["emplace", "bbox", "bounding_box"])
 def test_any_box_type_becomes_a_mask(comfy, kind):
-    (boxes,) = run(comfy, "EmplaceBoxes", spec="a: 4 4 28 30", width=72, height=64)
+    (boxes,) = run_node(comfy, "EmplaceBoxes", spec="a: 4 4 28 30", width=72, height=64)
     given = {"emplace": boxes, "bbox": [(4, 4, 24, 26)], "bounding_box": {"x": 4, "y": 4, "width": 24, "height": 26}}
-    (mask,) = run(comfy, "EmplaceBoxesToMask", image=canvas(), boxes=given[kind], grow=0, union=True)
+    (mask,) = run_node(comfy, "EmplaceBoxesToMask", image=canvas(), boxes=given[kind], grow=0, union=True)
     assert mask.shape == (1, 64, 72) and mask[0, 4:30, 4:28].min() == 1 and mask.sum() == 24 * 26
 
 
 def test_drawn_boxes_leave_the_inside_alone(comfy):
-    (boxes,) = run(comfy, "EmplaceBoxes", spec="a: 10 20 60 60", width=72, height=64)
+    (boxes,) = run_node(comfy, "EmplaceBoxes", spec="a: 10 20 60 60", width=72, height=64)
     image = canvas()
-    (drawn,) = run(comfy, "EmplaceDrawBoxes", image=image, boxes=boxes, line=2)
+    (drawn,) = run_node(comfy, "EmplaceDrawBoxes", image=image, boxes=boxes, line=2)
     assert (drawn[0, 40, 10] - image[0, 40, 10]).abs().max() > 0.01  # on the left edge
     torch.testing.assert_close(drawn[0, 35:55, 20:50], image[0, 35:55, 20:50], atol=1 / 255, rtol=0)
 
@@ -55,7 +51,7 @@ def inpaint(comfy, tiny, model, boxes, image, **overrides):
                     sampler_name="euler", scheduler="normal", denoise=1.0, context_padding=0.5,
                     target_resolution=64, grow=2, feather=4, order="bottom-up", colour_match=True,
                     background_pass=False, background_prompt="Add gray background", background_denoise=1.0)
-    return run(comfy, "EmplaceIterativeInpaint", **(settings | overrides))
+    return run_node(comfy, "EmplaceIterativeInpaint", **(settings | overrides))
 
 
 @pytest.mark.parametrize("channels", [4, 9])
@@ -64,7 +60,7 @@ def test_iterative_inpaint_changes_only_the_painted_region(comfy, tiny, channels
 
     model = tiny.model if channels == 4 else tiny_model(in_channels=9)
     image = canvas()
-    (boxes,) = run(comfy, "EmplaceBoxes", spec=SPEC, width=72, height=64)
+    (boxes,) = run_node(comfy, "EmplaceBoxes", spec=SPEC, width=72, height=64)
     out, painted, steps = inpaint(comfy, tiny, model, boxes, image)
     assert out.shape == image.shape and painted.shape == (1, 64, 72) and steps.shape == (2, 64, 72, 3)
     outside = painted[0] == 0
@@ -89,7 +85,7 @@ def test_sdxl_is_conditioned_on_each_crops_size(comfy, tiny):
 
     model.model.encode_adm = recording
     image = canvas()
-    (boxes,) = run(comfy, "EmplaceBoxes", spec=SPEC, width=72, height=64)
+    (boxes,) = run_node(comfy, "EmplaceBoxes", spec=SPEC, width=72, height=64)
     out, painted, _ = inpaint(comfy, tiny, model, boxes, image, target_resolution=48)
     outside = painted[0] == 0
     assert torch.equal(out[0][outside], image[0][outside])
@@ -100,7 +96,7 @@ def test_sdxl_is_conditioned_on_each_crops_size(comfy, tiny):
 
 def test_the_background_pass_and_no_boxes(comfy, tiny):
     image = canvas()
-    (boxes,) = run(comfy, "EmplaceBoxes", spec="a: 4 4 28 30", width=72, height=64)
+    (boxes,) = run_node(comfy, "EmplaceBoxes", spec="a: 4 4 28 30", width=72, height=64)
     out, painted, steps = inpaint(comfy, tiny, tiny.model, boxes, image, background_pass=True, feather=0)
     assert steps.shape[0] == 2 and painted.min() == 1  # the object, then everything else
     same, none_painted, _ = inpaint(comfy, tiny, tiny.model, [], image)
@@ -108,6 +104,6 @@ def test_the_background_pass_and_no_boxes(comfy, tiny):
 
 
 def test_boxes_for_another_image_size_are_refused(comfy, tiny):
-    (boxes,) = run(comfy, "EmplaceBoxes", spec="a: 4 4 28 30", width=128, height=128)
+    (boxes,) = run_node(comfy, "EmplaceBoxes", spec="a: 4 4 28 30", width=128, height=128)
     with pytest.raises(ValueError, match="made for a 128x128 image, but the image is 72x64"):
         inpaint(comfy, tiny, tiny.model, boxes, canvas())

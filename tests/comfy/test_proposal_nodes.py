@@ -10,18 +10,14 @@ import os
 
 import pytest
 import torch
+from tiny_comfy import random_image, run_node
 
 LABELS = ["large_cube", "small_ball"]
 NAME = "tiny_location.safetensors"
 
 
-def run(comfy, node, **inputs):
-    return comfy.node[node].execute(**inputs).args
-
-
 def canvas(h=48, w=64):
-    g = torch.Generator().manual_seed(0)
-    return torch.rand(1, h, w, 3, generator=g)
+    return random_image(h, w)
 
 
 def write_tiny_location_model(path, seed=0):
@@ -48,7 +44,7 @@ def location_folder(comfy, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def location_model(comfy, location_folder):
-    model, _ = run(comfy, "EmplaceLoadLocationModel", model_name=NAME)
+    model, _ = run_node(comfy, "EmplaceLoadLocationModel", model_name=NAME)
     return model
 
 
@@ -56,7 +52,7 @@ def propose(comfy, model, image=None, **overrides):
     settings = dict(location_model=model, image=canvas() if image is None else image, label="large cube", count=4,
                     samples=100, temperature=1.0, top_k=0, top_p=1.0, seed=3, min_size=0.0, max_size=1.0,
                     nms_iou=0.5)
-    return run(comfy, "EmplaceProposeLocations", **(settings | overrides))
+    return run_node(comfy, "EmplaceProposeLocations", **(settings | overrides))
 
 
 def combo_options(comfy, node, name):
@@ -73,16 +69,16 @@ def test_the_loader_lists_the_default_first_then_the_folders_models(comfy, locat
 
 
 def test_the_loader_caches_by_file_and_reloads_a_changed_file(comfy, location_folder):
-    first, info = run(comfy, "EmplaceLoadLocationModel", model_name=NAME)
+    first, info = run_node(comfy, "EmplaceLoadLocationModel", model_name=NAME)
     assert first.labels == LABELS and "large_cube, small_ball" in info
-    again, _ = run(comfy, "EmplaceLoadLocationModel", model_name=NAME)
+    again, _ = run_node(comfy, "EmplaceLoadLocationModel", model_name=NAME)
     assert again is first  # not reloaded
     copy = location_folder / "changing.safetensors"
     write_tiny_location_model(copy, seed=1)
-    before, _ = run(comfy, "EmplaceLoadLocationModel", model_name="changing.safetensors")
+    before, _ = run_node(comfy, "EmplaceLoadLocationModel", model_name="changing.safetensors")
     write_tiny_location_model(copy, seed=2)
     os.utime(copy, ns=(copy.stat().st_atime_ns, copy.stat().st_mtime_ns + 10**9))
-    after, _ = run(comfy, "EmplaceLoadLocationModel", model_name="changing.safetensors")
+    after, _ = run_node(comfy, "EmplaceLoadLocationModel", model_name="changing.safetensors")
     assert after is not before
     assert not torch.equal(after.head.weight, before.head.weight)
 
@@ -104,7 +100,7 @@ def test_bad_files_give_the_librarys_reason(comfy, location_folder):
              "not_there.safetensors": "is not in ComfyUI's location_models folder"}
     for name, message in cases.items():
         with pytest.raises((ValueError, FileNotFoundError), match=message):
-            run(comfy, "EmplaceLoadLocationModel", model_name=name)
+            run_node(comfy, "EmplaceLoadLocationModel", model_name=name)
 
 
 def test_the_embedded_default(comfy):
@@ -113,9 +109,9 @@ def test_the_embedded_default(comfy):
     name = "emplace-scene-world (embedded default)"
     if not DEFAULT_MODEL.is_file():
         with pytest.raises(ValueError, match="embedded default location model is not in this copy"):
-            run(comfy, "EmplaceLoadLocationModel", model_name=name)
+            run_node(comfy, "EmplaceLoadLocationModel", model_name=name)
         return
-    model, info = run(comfy, "EmplaceLoadLocationModel", model_name=name)
+    model, info = run_node(comfy, "EmplaceLoadLocationModel", model_name=name)
     assert "large_cube" in model.labels and "large_cube" in info
     boxes, _, _ = propose(comfy, model, image=canvas(64, 64), label="large cube", count=2)
     assert len(boxes) == 2
@@ -201,7 +197,7 @@ def test_select_boxes_by_spec(comfy, location_model):
     boxes, _, _ = propose(comfy, location_model, count=4)
 
     def select(indices, label="", prompt=""):
-        (out,) = run(comfy, "EmplaceSelectBoxes", boxes=boxes, indices=indices, label=label, prompt=prompt)
+        (out,) = run_node(comfy, "EmplaceSelectBoxes", boxes=boxes, indices=indices, label=label, prompt=prompt)
         return out
 
     assert list(select("0")) == [boxes[0]] and select("0").size == boxes.size
@@ -223,8 +219,8 @@ def test_select_boxes_by_spec(comfy, location_model):
 def test_propose_pick_inpaint_changes_only_the_painted_region(comfy, tiny, location_model):
     image = canvas()
     proposals, _, _ = propose(comfy, location_model, image=image, min_size=0.2, max_size=0.5)
-    (chosen,) = run(comfy, "EmplaceSelectBoxes", boxes=proposals, indices="0", label="", prompt="")
-    out, painted, steps = run(
+    (chosen,) = run_node(comfy, "EmplaceSelectBoxes", boxes=proposals, indices="0", label="", prompt="")
+    out, painted, steps = run_node(
         comfy, "EmplaceIterativeInpaint", model=tiny.model, clip=tiny.clip, vae=tiny.vae, image=image,
         boxes=chosen, prompt_template="Add {prompt}", negative_prompt="", seed=3, steps=2, cfg=4.0,
         sampler_name="euler", scheduler="normal", denoise=1.0, context_padding=0.5, target_resolution=64, grow=2,

@@ -110,3 +110,13 @@ def tiny_vae(seed: int = 2):
     sd["vae_scale"] = torch.tensor(1.0)
     sd["vae_shift"] = torch.tensor(0.0)
     return comfy.sd.VAE(sd=sd)
+
+
+def run_node(comfy, node: str, **inputs) -> tuple:
+    """A node's outputs, executed in-process as ComfyUI would (the `comfy` fixture holds the pack)."""
+    return comfy.node[node].execute(**inputs).args
+
+
+def random_image(h: int = 64, w: int = 72, seed: int = 0) -> torch.Tensor:
+    """A seeded ComfyUI IMAGE [1, h, w, 3]."""
+    return torch.rand(1, h, w, 3, generator=torch.Generator().manual_seed(seed))
