@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from emplace.multiview import PLAIN, READ, RECORD, MultiViewContext, MultiViewOptions
+from emplace.multiview import PLAIN, READ, RECORD, MultiViewContext, MultiViewOptions, add_noise
 
 from .config import TrainingConfig, add_config_arguments, config_from_args, setting
 from .dpo import TARGETS, TrainableParameters
@@ -219,6 +219,11 @@ class PairedContext(MultiViewContext):
             if tokens is not None:
                 return tokens.repeat(n.shape[0] // tokens.shape[0], 1, 1)
         return None
+
+    def record(self, x, level, run, condition=None, noise_scaling=None) -> None:
+        """MultiViewContext.record, with the record pass stopping after the last banking site."""
+        recording = lambda latent, at, pass_: self.run_record(lambda: run(latent, at, pass_))  # noqa: E731
+        super().record(x, level, recording, condition, noise_scaling or add_noise)
 
     def run_record(self, call) -> None:
         """call() runs the model on the reference views in the record pass; stops early once it can."""
