@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow  # a headless server: start-up alone takes seconds
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 NODE_IDS = {"EmplaceLoadPreferenceLora", "EmplaceRegionalPreferenceLora", "EmplaceBoxes", "EmplaceBoxesToMask",
             "EmplaceDrawBoxes", "EmplaceIterativeInpaint", "EmplaceLoadLocationModel", "EmplaceProposeLocations",
-            "EmplaceSelectBoxes"}
+            "EmplaceSelectBoxes", "EmplaceMultiViewContext", "EmplaceSideBySideContext", "EmplaceSideBySideSplit",
+            "EmplaceMultiViewConditioning"}
 
 
 def images(server, history, node_id) -> list[np.ndarray]:
@@ -183,3 +184,81 @@ def test_the_shared_propose_and_insert_workflow_runs(server):
     near = np.zeros_like(box)
     near[max(ys.min() - reach, 0):ys.max() + reach + 1, max(xs.min() - reach, 0):xs.max() + reach + 1] = True
     assert changed.any() and not changed[~near].any()
+
+
+def target_with_hole(server, name: str, h: int, w: int, hole: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB picture saved with alpha 0 inside `hole` (y0, y1, x0, x1): LoadImage's MASK is 1 there
+    (what ComfyUI's mask editor writes). Returns the picture's 8-bit RGB and the boolean mask."""
+    rgb = (np.random.default_rng(2).random((h, w, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((h, w), bool)
+    y0, y1, x0, x1 = hole
+    mask[y0:y1, x0:x1] = True
+    Image.fromarray(np.dstack([rgb, np.where(mask, 0, 255).astype(np.uint8)]), "RGBA").save(server.base / "input" / name)
+    return rgb, mask
+
+
+def latent_saved(server, history, node_id) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    (saved,) = history["outputs"][node_id]["latents"]
+    return load_file(str(server.base / "output" / saved["subfolder"] / saved["filename"]))["latent_tensor"]
+
+
+def reference_view(server, name: str, h: int, w: int) -> None:
+    Image.fromarray((np.random.default_rng(3).random((h, w, 3)) * 255).astype(np.uint8)).save(server.base / "input" / name)
+
+
+def test_the_shared_multiview_inpaint_workflow_runs(server):
+    picture, mask = target_with_hole(server, "mv_target.png", 96, 128, (24, 72, 40, 96))
+    reference_view(server, "mv_reference.png", 64, 96)
+    workflow = json.loads((WORKFLOWS / "multiview_inpaint.json").read_text())
+    prompt = ui_to_api(workflow, server.get_json("/object_info"), overrides={
+        1: {"ckpt_name": "tiny_sd15.safetensors"},
+        2: {"image": "mv_target.png"},
+        3: {"image": "mv_reference.png"},
+        8: {"steps": 4},
+    })
+    assert prompt["4"]["inputs"]["mode"] == "exact" and prompt["4"]["inputs"]["strength"] == 1.0
+    # the workflow's patched MODEL against the plain one, sampling from an empty latent: the random
+    # TAESD encodes the target to latents of ~1e9, where the model's steps vanish in float rounding
+    prompt["100"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 96, "batch_size": 1}}
+    for i, model in ((101, "4"), (103, "1")):
+        prompt[str(i)] = {"class_type": "KSampler", "inputs": {**prompt["8"]["inputs"], "model": [model, 0],
+                                                               "latent_image": ["100", 0]}}
+        prompt[str(i + 1)] = {"class_type": "SaveLatent", "inputs": {"samples": [str(i), 0],
+                                                                     "filename_prefix": f"latent_{model}"}}
+    history = server.run(prompt)
+    (img,) = images(server, history, "11")
+    assert img.shape == picture.shape
+    assert np.array_equal(img[~mask], picture[~mask])  # pasted back into the target: untouched outside the mask
+    assert np.abs(img[mask].astype(int) - picture[mask].astype(int)).max(-1).mean() > 10  # new pixels inside it
+    with_view, plain = latent_saved(server, history, "102"), latent_saved(server, history, "104")
+    # the reference view changed the sample: a small effect with this checkpoint's small random weights
+    # (about 2e-5 of the latent's range), yet far above float32 rounding (about 1e-7 of it)
+    assert (with_view - plain).abs().max() > 1e-6 * plain.abs().max()
+    shown = history["outputs"]["12"]["text"][0]
+    assert "multi-view reference attention: 1 view (96x64 px -> 12x8 latent)" in shown and "exact mode" in shown
+
+
+def test_the_shared_side_by_side_inpaint_workflow_runs(server):
+    # a target that is no multiple of 8: the canvas is padded, the split gives the target's own size back
+    picture, mask = target_with_hole(server, "sbs_target.png", 76, 92, (20, 60, 30, 80))
+    reference_view(server, "sbs_reference.png", 38, 60)
+    workflow = json.loads((WORKFLOWS / "side_by_side_inpaint.json").read_text())
+    prompt = ui_to_api(workflow, server.get_json("/object_info"), overrides={
+        1: {"ckpt_name": "tiny_sd15.safetensors"},
+        2: {"image": "sbs_target.png"},
+        3: {"image": "sbs_reference.png"},
+        8: {"steps": 4},
+    })
+    assert prompt["4"]["inputs"]["arrangement"] == "left" and prompt["4"]["inputs"]["multiple_of"] == 8
+    history = server.run(prompt)
+    (img,) = images(server, history, "11")
+    (canvas,) = images(server, history, "12")
+    assert img.shape == picture.shape
+    assert np.array_equal(img[~mask], picture[~mask])  # bit for bit outside the mask (8-bit PNG values)
+    assert np.abs(img[mask].astype(int) - picture[mask].astype(int)).max(-1).mean() > 10  # painted inside it
+    # the reference (38x60 scaled to the target's 76 px height: 120 wide), the target from x 120, padded to 8
+    assert canvas.shape == (80, 216, 3)
+    assert np.array_equal(canvas[20:60, 120 + 30:120 + 80], img[mask].reshape(40, 50, 3))  # what Split took out
+    assert "target at x 120..212, y 0..76" in history["outputs"]["13"]["text"][0]
