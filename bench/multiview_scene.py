@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -118,6 +119,18 @@ def side_by_side_inpaint(sampler: Sampler, images, masks, references, seed: int)
     return split(sampler.inpaint(canvas, canvas_mask, seed), layout, images, masks)
 
 
+@contextmanager
+def lora_merged(lora, name: str, unet, device):
+    """emplace.lora.apply.merged adds the update where the LoRA's tensors are (the CPU): merge there, then move."""
+    from emplace.lora.apply import merged
+
+    unet.to("cpu")
+    with merged(lora, 1.0, name, unet):
+        unet.to(device)
+        yield
+    unet.to(device)
+
+
 # --- scores -------------------------------------------------------------------------------------
 
 
@@ -204,10 +217,8 @@ def main(argv=None) -> int:
     def run_config(name: str) -> torch.Tensor:
         from contextlib import nullcontext
 
-        from emplace.lora.apply import merged
-
         out = []
-        merge = merged(lora, 1.0, args.lora.name, model.unet) if name == "exact + LoRA" else nullcontext()
+        merge = lora_merged(lora, args.lora.name, model.unet, device) if name == "exact + LoRA" else nullcontext()
         with merge:
             for s in tqdm(range(0, n, args.batch), desc=name, unit="batch"):
                 sl = slice(s, s + args.batch)
