@@ -17,6 +17,12 @@ scene detector finds the masked object's colour and shape centred in the mask (c
 1 in 24). The truth row scores the true render itself (the detector's ceiling).
 With prompt "" the conditional and unconditional predictions are the same, so there is no
 classifier-free guidance: one model call per step (two with the reference: record + read).
+
+Measured (2026-12-04, one H200; 200 held-out scenes, 25 steps; LoRA: `trainer multiview` on 1800
+scenes, batch 128, rank 16, lr 1e-3, empty_prompt 0.8, 1109 steps in 3 min): masked PSNR / SSIM /
+right object: no reference 14.60 / 0.286 / 11.5%, side-by-side 14.52 / 0.293 / 11.5%, exact
+14.61 / 0.287 / 12.5%, cached 14.57 / 0.286 / 11.5%, exact + LoRA 16.32 / 0.396 / 27.5%
+(the detector finds 91.5% on the true renders).
 """
 
 from __future__ import annotations
