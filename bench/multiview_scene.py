@@ -73,7 +73,7 @@ class Sampler:
         from diffusers import DDIMScheduler
 
         from emplace.multiview.diffusers_processor import set_multiview_processors
-        from trainer.multiview import PairedContext
+        from emplace.multiview.paired import PairedContext
 
         self.model, self.device = model, device
         self.scheduler = DDIMScheduler.from_config(model.scheduler.config)

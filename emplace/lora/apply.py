@@ -47,7 +47,7 @@ def merged(lora: Lora, strength: float, lora_name: str, unet: torch.nn.Module,
                 if m.component in components and strength != 0:
                     weight = targets[m.name].weight
                     saved[m.name] = weight.detach().clone()
-                    weight += (strength * m.delta()).reshape(weight.shape).to(weight.dtype)
+                    weight += (strength * m.delta()).reshape(weight.shape).to(weight)
         yield
     finally:
         with torch.no_grad():

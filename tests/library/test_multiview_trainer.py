@@ -14,7 +14,8 @@ from emplace.testing.tiny_models import seeded_, tiny_unet
 from emplace.weights import read_metadata
 from trainer.__main__ import main
 from trainer.config import load_config
-from trainer.multiview import MultiViewConfig, PairedContext, load_records, train
+from emplace.multiview.paired import PairedContext
+from trainer.multiview import MultiViewConfig, load_records, train
 
 ROOT = Path(__file__).resolve().parents[2]
 TOY = ROOT / "emplace" / "defaults" / "toy_inpaint"
