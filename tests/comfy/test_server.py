@@ -186,14 +186,15 @@ def test_the_shared_propose_and_insert_workflow_runs(server):
     assert changed.any() and not changed[~near].any()
 
 
-def target_with_hole(server, name: str, h: int, w: int, hole: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+def target_with_hole(server, name: str, h: int, w: int, hole: tuple[int, int, int, int]):
     """An RGB picture saved with alpha 0 inside `hole` (y0, y1, x0, x1): LoadImage's MASK is 1 there
     (what ComfyUI's mask editor writes). Returns the picture's 8-bit RGB and the boolean mask."""
     rgb = (np.random.default_rng(2).random((h, w, 3)) * 255).astype(np.uint8)
     mask = np.zeros((h, w), bool)
     y0, y1, x0, x1 = hole
     mask[y0:y1, x0:x1] = True
-    Image.fromarray(np.dstack([rgb, np.where(mask, 0, 255).astype(np.uint8)]), "RGBA").save(server.base / "input" / name)
+    alpha = np.where(mask, 0, 255).astype(np.uint8)
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(server.base / "input" / name)
     return rgb, mask
 
 
@@ -205,7 +206,8 @@ def latent_saved(server, history, node_id) -> torch.Tensor:
 
 
 def reference_view(server, name: str, h: int, w: int) -> None:
-    Image.fromarray((np.random.default_rng(3).random((h, w, 3)) * 255).astype(np.uint8)).save(server.base / "input" / name)
+    picture = (np.random.default_rng(3).random((h, w, 3)) * 255).astype(np.uint8)
+    Image.fromarray(picture).save(server.base / "input" / name)
 
 
 def test_the_shared_multiview_inpaint_workflow_runs(server):
