@@ -210,16 +210,17 @@ def reference_view(server, name: str, h: int, w: int) -> None:
     Image.fromarray(picture).save(server.base / "input" / name)
 
 
+def multiview_workflow(server, name: str, target: str, reference: str) -> dict:
+    """A shared multi-view workflow in API form, on the tiny checkpoint, the given inputs and 4 steps."""
+    workflow = json.loads((WORKFLOWS / name).read_text())
+    return ui_to_api(workflow, server.get_json("/object_info"), overrides={
+        1: {"ckpt_name": "tiny_sd15.safetensors"}, 2: {"image": target}, 3: {"image": reference}, 8: {"steps": 4}})
+
+
 def test_the_shared_multiview_inpaint_workflow_runs(server):
     picture, mask = target_with_hole(server, "mv_target.png", 96, 128, (24, 72, 40, 96))
     reference_view(server, "mv_reference.png", 64, 96)
-    workflow = json.loads((WORKFLOWS / "multiview_inpaint.json").read_text())
-    prompt = ui_to_api(workflow, server.get_json("/object_info"), overrides={
-        1: {"ckpt_name": "tiny_sd15.safetensors"},
-        2: {"image": "mv_target.png"},
-        3: {"image": "mv_reference.png"},
-        8: {"steps": 4},
-    })
+    prompt = multiview_workflow(server, "multiview_inpaint.json", "mv_target.png", "mv_reference.png")
     assert prompt["4"]["inputs"]["mode"] == "exact" and prompt["4"]["inputs"]["strength"] == 1.0
     # the workflow's patched MODEL against the plain one, sampling from an empty latent: the random
     # TAESD encodes the target to latents of ~1e9, where the model's steps vanish in float rounding
@@ -246,13 +247,7 @@ def test_the_shared_side_by_side_inpaint_workflow_runs(server):
     # a target that is no multiple of 8: the canvas is padded, the split gives the target's own size back
     picture, mask = target_with_hole(server, "sbs_target.png", 76, 92, (20, 60, 30, 80))
     reference_view(server, "sbs_reference.png", 38, 60)
-    workflow = json.loads((WORKFLOWS / "side_by_side_inpaint.json").read_text())
-    prompt = ui_to_api(workflow, server.get_json("/object_info"), overrides={
-        1: {"ckpt_name": "tiny_sd15.safetensors"},
-        2: {"image": "sbs_target.png"},
-        3: {"image": "sbs_reference.png"},
-        8: {"steps": 4},
-    })
+    prompt = multiview_workflow(server, "side_by_side_inpaint.json", "sbs_target.png", "sbs_reference.png")
     assert prompt["4"]["inputs"]["arrangement"] == "left" and prompt["4"]["inputs"]["multiple_of"] == 8
     history = server.run(prompt)
     (img,) = images(server, history, "11")
