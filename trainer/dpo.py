@@ -27,15 +27,8 @@ from emplace.weights import load_safetensors, save_safetensors
 
 from .config import TrainingConfig, add_config_arguments, config_from_args, setting
 from .loop import Run, batch_indices, phase, start
+from .lora_training import TARGETS, TEXT_TARGETS, add_lora, save_trained_lora
 from .loop import train as run_loop
-
-TARGETS = {
-    "attention": ["to_q", "to_k", "to_v", "to_out.0"],
-    "attention+ff": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"],
-    "all": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out", "conv1", "conv2"],
-}
-TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
-
 
 @dataclass(kw_only=True)
 class DPOConfig(TrainingConfig):
@@ -240,21 +233,6 @@ def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, re
     return method.loss(e_w, e_l, r_w, r_l, regions, config)
 
 
-class TrainableParameters:
-    """The LoRA parameters as one checkpointable unit."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.params = {n: p for n, p in module.named_parameters() if p.requires_grad}
-
-    def state_dict(self) -> dict:
-        return {n: p.detach().clone() for n, p in self.params.items()}
-
-    def load_state_dict(self, sd: dict) -> None:
-        with torch.no_grad():
-            for n, p in self.params.items():
-                p.copy_(sd[n])
-
-
 # --- the run ----------------------------------------------------------------------------------
 
 
@@ -265,11 +243,8 @@ def run(args: argparse.Namespace) -> int:
 def train(config: DPOConfig, resume: bool = False) -> int:
     accelerator = start(config)  # first: it checks that peft and transformers work together
 
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
     from emplace.diffusion import load_backend
-    from emplace.lora import TrainingRecord, build_metadata, save_lora, to_kohya
+    from emplace.lora import TrainingRecord
     from emplace.preference.pairs import load_pairs
 
     main = accelerator.is_main_process
@@ -287,17 +262,13 @@ def train(config: DPOConfig, resume: bool = False) -> int:
     for module in (backend.unet, *backend.text_encoders()):
         module.requires_grad_(False)
     lora_alpha = config.lora_alpha or config.rank
-    backend.unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=lora_alpha, init_lora_weights="gaussian",
-                                        target_modules=TARGETS[config.targets]))
+    trainables = {"lora": add_lora(backend.unet, config.rank, lora_alpha, TARGETS[config.targets])}
     if config.gradient_checkpointing:
         backend.unet.enable_gradient_checkpointing()
-    trainables = {"lora": TrainableParameters(backend.unet)}
     groups = [{"params": list(trainables["lora"].params.values()), "lr": config.lr}]
     if config.train_text_encoder:
         for i, encoder in enumerate(backend.text_encoders()):
-            encoder.add_adapter(LoraConfig(r=config.rank, lora_alpha=lora_alpha, init_lora_weights="gaussian",
-                                           target_modules=TEXT_TARGETS))
-            trainables[f"text_lora_{i}"] = TrainableParameters(encoder)
+            trainables[f"text_lora_{i}"] = add_lora(encoder, config.rank, lora_alpha, TEXT_TARGETS)
             groups.append({"params": list(trainables[f"text_lora_{i}"].params.values()),
                            "lr": config.text_lr or config.lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
@@ -331,15 +302,13 @@ def train(config: DPOConfig, resume: bool = False) -> int:
           f"implicit accuracy {final['accuracy']:.2f}, margin {final['margin']:.3g}")
 
     with phase(f"writing {config.output}"):
-        peft_sd = {f"unet.{k}": v for k, v in get_peft_model_state_dict(accelerator.unwrap_model(unet)).items()}
+        modules = {"unet": accelerator.unwrap_model(unet)}
         if config.train_text_encoder:
-            for name, encoder in zip(("text_encoder", "text_encoder_2"), backend.text_encoders()):
-                peft_sd |= {f"{name}.{k}": v for k, v in get_peft_model_state_dict(encoder).items()}
-        lora = to_kohya(peft_sd, {"r": config.rank, "lora_alpha": lora_alpha}, what="trained LoRA")
+            modules |= dict(zip(("text_encoder", "text_encoder_2"), backend.text_encoders()))
         record = TrainingRecord(method=config.method, family=backend.family, resolution=data.size, rank=config.rank,
                                 alpha=float(lora_alpha), beta=config.beta, steps=steps_done,
                                 data_summary=f"{len(pairs)} pairs from {config.data.name}", title=config.output.stem)
-        save_lora(config.output, lora, build_metadata(record))
+        lora = save_trained_lora(config.output, modules, config.rank, lora_alpha, record)
     if config.validation:
         validation_sheet(accelerator.unwrap_model(unet), backend, data, config, config.work / "validation.png")
         print(f"validation images (input, without the LoRA, with it, winner): {config.work / 'validation.png'}")

@@ -46,9 +46,9 @@ from emplace.multiview import PLAIN, READ, RECORD
 from emplace.multiview.paired import PairedContext
 
 from .config import TrainingConfig, add_config_arguments, config_from_args, setting
-from .dpo import TARGETS, TrainableParameters
 from .loop import Run, batch_indices, phase, start
 from .loop import train as run_loop
+from .lora_training import TARGETS, add_lora, save_trained_lora
 
 TOY = Path(__file__).resolve().parents[1] / "emplace" / "defaults" / "toy_inpaint"
 RECORDS_WHAT = "multi-view records, as `scenes multiview` writes them (views, target_view, mask, prompt)"
@@ -238,11 +238,8 @@ def train(config: MultiViewConfig, resume: bool = False) -> int:
     records = load_records(config.data, config.references)  # every bad line is reported before anything loads
     accelerator = start(config)
 
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
     from emplace.diffusion import load_backend
-    from emplace.lora import TrainingRecord, build_metadata, save_lora, to_kohya
+    from emplace.lora import TrainingRecord
     from emplace.multiview.diffusers_processor import set_multiview_processors
 
     main = accelerator.is_main_process
@@ -254,11 +251,9 @@ def train(config: MultiViewConfig, resume: bool = False) -> int:
     for module in (backend.unet, *backend.text_encoders()):
         module.requires_grad_(False)
     lora_alpha = config.lora_alpha or config.rank
-    backend.unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=lora_alpha, init_lora_weights="gaussian",
-                                        target_modules=TARGETS[config.targets]))
+    trainables = {"lora": add_lora(backend.unet, config.rank, lora_alpha, TARGETS[config.targets])}
     context = PairedContext(torch.zeros(config.references, 1, 1, 1), config.references)
     sites = set_multiview_processors(backend.unet, context)
-    trainables = {"lora": TrainableParameters(backend.unet)}
     optimizer = torch.optim.AdamW(list(trainables["lora"].params.values()), lr=config.lr,
                                   weight_decay=config.weight_decay)
     unet, optimizer = accelerator.prepare(backend.unet, optimizer)
@@ -283,13 +278,12 @@ def train(config: MultiViewConfig, resume: bool = False) -> int:
         return 0
     steps_done = history[-1]["step"] if history else 0
     with phase(f"writing {config.output}"):
-        peft_sd = {f"unet.{k}": v for k, v in get_peft_model_state_dict(accelerator.unwrap_model(unet)).items()}
-        lora = to_kohya(peft_sd, {"r": config.rank, "lora_alpha": lora_alpha}, what="trained LoRA")
         record = TrainingRecord(method="multiview", family=backend.family, resolution=images.size, rank=config.rank,
                                 alpha=float(lora_alpha), steps=steps_done,
                                 data_summary=f"{len(records)} multi-view scenes from {config.data.name}",
                                 title=config.output.stem)
-        save_lora(config.output, lora, build_metadata(record))
+        lora = save_trained_lora(config.output, {"unet": accelerator.unwrap_model(unet)}, config.rank, lora_alpha,
+                                 record)
     print(f"wrote {config.output}: {len(lora.modules)} LoRA layers after {steps_done} steps "
           f"({(time.time() - began) / 60:.1f} min); curves in {config.work / 'multiview_curves.png'}")
     return 0
