@@ -14,12 +14,16 @@ current folder.
 from __future__ import annotations
 
 import argparse
-import tomllib
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 REQUIRED = MISSING
 
