@@ -20,6 +20,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from emplace.files import why_not_a_file
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
@@ -53,7 +55,8 @@ class TrainingConfig:
     grad_accum: int = setting(1, "micro-steps per optimisation step", low=1)
     lr: float = setting(1e-4, "peak learning rate", low=0.0)
     warmup: int = setting(0, "linear warm-up steps (at most a tenth of the run)", low=0)
-    schedule: str = setting("constant", "after the warm-up: held, or cosine decay to zero", choices=("constant", "cosine"))
+    schedule: str = setting("constant", "after the warm-up: held, or cosine decay to zero",
+                            choices=("constant", "cosine"))
     weight_decay: float = setting(1e-2, "AdamW weight decay", low=0.0)
     max_grad_norm: float = setting(1.0, "gradients are clipped to this norm", low=0.0)
     seed: int = setting(0, "seeds the model, the data order and the noise")
@@ -151,8 +154,8 @@ def load_config(cls: type, path: Path | None = None, overrides: dict[str, str] |
     source = str(path) if path else "the command line"
     raw: dict[str, Any] = {}
     if path is not None:
-        if not path.is_file():
-            raise ConfigError(f"config file {path} " + ("is a folder, not a file" if path.is_dir() else "does not exist"))
+        if why := why_not_a_file(path):
+            raise ConfigError(f"config file {path} {why}")
         try:
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as e:

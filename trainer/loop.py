@@ -120,9 +120,6 @@ def train(config: TrainingConfig, accelerator, run: Run, resume: bool = False) -
     began = time.time()
     run.model.train()
     while step < config.steps:
-        if config.minutes and time.time() - began > config.minutes * 60:
-            accelerator.print(f"{run.name}: stopping at step {step}, the {config.minutes} min limit")
-            break
         for group, peak in zip(run.optimizer.param_groups, peak_lrs):
             group["lr"] = scheduled_lr(peak, step, config.steps, warmup, config.schedule)
         for micro in range(config.grad_accum):
@@ -146,7 +143,8 @@ def train(config: TrainingConfig, accelerator, run: Run, resume: bool = False) -
         step += 1
         if run.after_step is not None:
             run.after_step(step)
-        stats = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in out.items()} | {"lr": run.optimizer.param_groups[0]["lr"]}
+        stats = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in out.items()}
+        stats["lr"] = run.optimizer.param_groups[0]["lr"]
         history.append({"step": step, **stats})
         bar.update(1)
         bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items() if k in ("loss", "accuracy")})
@@ -159,6 +157,12 @@ def train(config: TrainingConfig, accelerator, run: Run, resume: bool = False) -
                 bar.set_description(f"{run.name} (saving a checkpoint)")
                 save_checkpoint(folder, step, run.checkpointed, run.optimizer, run.checkpoint_extra)
                 bar.set_description(run.name)
+        if config.minutes and step < config.steps and out_of_time(accelerator, began, config.minutes):
+            accelerator.print(f"\n{run.name}: stopping at step {step}, the {config.minutes} min limit "
+                              f"(--resume goes on from here)")
+            if main and step % config.checkpoint_every:  # (else it was just saved)
+                save_checkpoint(folder, step, run.checkpointed, run.optimizer, run.checkpoint_extra)
+            break
     bar.close()
     accelerator.wait_for_everyone()
     run.model.eval()
@@ -167,6 +171,12 @@ def train(config: TrainingConfig, accelerator, run: Run, resume: bool = False) -
         history_path.write_text(json.dumps(history))
         plot_curves(history, work / f"{run.name}_curves.png", run.name, run.panels)
     return history
+
+
+def out_of_time(accelerator, began: float, minutes: float) -> bool:
+    """Whether any process is past the limit: all processes stop at the same step."""
+    late = torch.tensor(float(time.time() - began > minutes * 60), device=accelerator.device)
+    return bool(accelerator.reduce(late, reduction="sum") > 0)
 
 
 def plot_curves(history: list[dict], path: Path, title: str, panels: list[list[str]]) -> None:

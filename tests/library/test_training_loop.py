@@ -150,3 +150,10 @@ def test_an_incompatible_peft_stops_a_command_at_start_up(tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert err.startswith("error: transformers 5.25.0 needs peft >= 0.22.0, but peft ") and "Traceback" not in err
     assert not list(tmp_path.iterdir())  # stopped before any work
+
+
+def test_the_time_limit_stops_with_a_checkpoint_to_resume_from(tmp_path):
+    config = LineConfig(data=tmp_path, work=tmp_path / "t", steps=1000, lr=0.05, minutes=1e-9, checkpoint_every=500)
+    _, history = fit_a_line(config)
+    stopped = len(history)
+    assert stopped < 1000 and (config.work / "checkpoints" / f"step-{stopped:07d}").is_dir()
