@@ -3,10 +3,10 @@
 The algorithm is the library's (emplace/multiview/): MultiViewContext records the reference
 views' tokens at each self-attention and blends the extended attention in. This node only
 wires it into an SD1.5/SDXL UNet through ComfyUI's own hooks, on a clone of the MODEL:
-- an attn1 patch hands each self-attention's normalised input to the context (record pass)
-  and appends the banked reference tokens to its keys and values (read pass);
-- an attn1 replacement at each chosen site lets the context blend the extended attention
-  with the plain one (strength; cond/uncond), using core's own attention kernel;
+- an attn1 replacement at each chosen site hands the projected q, k, v to the context, which
+  banks the reference's keys and values (record pass) or attends to them too and blends the
+  extended attention with the plain one (read pass; strength, cond/uncond), using core's own
+  attention kernel;
 - an APPLY_MODEL wrapper runs the model on the noised reference (record) and then on x (read);
 - an OUTER_SAMPLE wrapper empties the bank at the start of each sampling run.
 """
@@ -98,31 +98,21 @@ def apply_model_wrapper(context: MultiViewContext):
 
 def patch_model(model, context: MultiViewContext, sites: list[tuple[str, int, int]]):
     """A clone of `model` with the context wired in at `sites` (closures, so clones share one context)."""
-    enabled = set(sites)
-
-    def attn1_patch(n, context_attn1, value_attn1, extra):
-        block, index = extra.get("block"), extra.get("block_index", 0)
-        if block is None or (block[0], block[1], index) not in enabled:
-            return n, context_attn1, value_attn1
-        tokens = context.tokens((block[0], block[1], index, extra.get("transformer_index")), n)
-        if tokens is None:
-            return n, context_attn1, value_attn1
-        tokens = tokens.to(n)
-        return n, torch.cat([context_attn1, tokens], 1), torch.cat([value_attn1, tokens], 1)
 
     def attn1_replace(q, k, v, extra):
         def attention(q, k, v, heads):  # core's kernel, as CrossAttention calls it
             return comfy_attention.optimized_attention(q, k, v, heads, attn_precision=extra.get("attn_precision"),
                                                        transformer_options=extra)
 
-        return context.attend(q, k, v, extra["n_heads"], attention)
+        block = extra["block"]
+        site = (block[0], block[1], extra.get("block_index", 0), extra.get("transformer_index"))
+        return context.attend(site, q, k, v, extra["n_heads"], attention)
 
     def reset(executor, *args, **kwargs):
         context.reset()
         return executor(*args, **kwargs)
 
     m = model.clone()
-    m.set_model_attn1_patch(attn1_patch)
     for kind, number, index in sites:
         m.set_model_attn1_replace(attn1_replace, kind, number, index)
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY, apply_model_wrapper(context))

@@ -4,8 +4,10 @@ A config is a plain dataclass whose fields are made with `setting(...)` (a defau
 line, and optional bounds or choices). `load_config` reads a TOML file, lays the command
 line's `--name value` overrides on top, and checks every key's type and range at once,
 naming the key, before anything loads. `add_config_arguments` gives a subcommand
-`--config FILE`, one `--name` option per setting and the one spelling of resuming,
-`--resume` (`--resume latest` means the same).
+`--config FILE`, one `--name` option per setting, the one spelling of resuming,
+`--resume` (`--resume latest` means the same), and `--write-config FILE`, which writes a
+commented example TOML of every setting with its default (made from the dataclass, so the
+help, the example and the checks cannot drift apart).
 
 Relative paths in a TOML file are relative to that file; on the command line, to the
 current folder.
@@ -14,6 +16,8 @@ current folder.
 from __future__ import annotations
 
 import argparse
+import difflib
+import json
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -161,7 +165,7 @@ def load_config(cls: type, path: Path | None = None, overrides: dict[str, str] |
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path} is not valid TOML: {e}") from None
     known = {f.name: f for f in fields(cls)}
-    problems = [f"unknown setting '{k}'" for k in sorted(set(raw) - set(known))]
+    problems = [unknown_setting(k, known) for k in sorted(set(raw) - set(known))]
     values: dict[str, Any] = {}
     for name, value in raw.items():
         if name in known:
@@ -186,6 +190,48 @@ def load_config(cls: type, path: Path | None = None, overrides: dict[str, str] |
     return config
 
 
+def unknown_setting(name: str, known) -> str:
+    nearest = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"unknown setting '{name}'" + (f" (did you mean '{nearest[0]}'?)" if nearest else "")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string: JSON's escaping is valid TOML
+
+
+def allowed_values(meta) -> str:
+    """'one of a, b; >= 0' from a setting's choices and bounds ('' when anything of its type goes)."""
+    allowed = []
+    if meta.get("choices"):
+        allowed.append("one of " + ", ".join(map(str, meta["choices"])))
+    if meta.get("low") is not None:
+        allowed.append(f">= {meta['low']}")
+    if meta.get("high") is not None:
+        allowed.append(f"<= {meta['high']}")
+    return "; ".join(allowed)
+
+
+def example_config(cls: type) -> str:
+    """A commented TOML file with every setting of `cls`: its help, allowed values and default."""
+    lines = [f"# {cls.__name__}: every setting, commented out at its default. Uncomment what you change;",
+             "# the required ones have no default. Relative paths are relative to this file.", ""]
+    for f in fields(cls):
+        meta = f.metadata
+        allowed = allowed_values(meta)
+        lines.append(f"# {meta.get('help', '')}" + (f" ({allowed})" if allowed else ""))
+        if f.default is MISSING and f.default_factory is MISSING:
+            lines.append(f"# {f.name} = ...  (required)")
+        else:
+            default = f.default if f.default is not MISSING else f.default_factory()
+            lines.append(f"# {f.name} = (none)" if default is None else f"# {f.name} = {_toml_value(default)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
 # --- the command line -------------------------------------------------------------------------
 
 
@@ -195,14 +241,26 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, toml: bool 
         parser.add_argument("--config", type=Path, help="a TOML file of settings (the options below override it)")
     parser.add_argument("--resume", nargs="?", const="latest", choices=["latest"],
                         help="continue from the newest checkpoint in the work folder")
+    parser.add_argument("--write-config", type=Path, metavar="FILE",
+                        help="write a commented example TOML of every setting with its default, and stop")
     group = parser.add_argument_group("settings")
     for f in fields(cls):
         default = "required" if f.default is MISSING and f.default_factory is MISSING else f"default {f.default}"
+        allowed = allowed_values(f.metadata)
         group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"setting:{f.name}", metavar="VALUE",
-                           help=f"{f.metadata.get('help', '')} ({default})")
+                           help=f"{f.metadata.get('help', '')} ({allowed + '; ' if allowed else ''}{default})"
+                           .replace("%", "%%"))
 
 
 def config_from_args(cls: type, args: argparse.Namespace):
-    """The config a command line asks for (see `add_config_arguments`)."""
+    """The config a command line asks for (see `add_config_arguments`); with --write-config, the example is
+    written and the command stops."""
+    if getattr(args, "write_config", None) is not None:
+        from emplace.files import write_atomically
+
+        text = example_config(cls)
+        write_atomically(args.write_config, lambda tmp: tmp.write_text(text))
+        print(f"wrote {args.write_config}: every {cls.__name__} setting with its default")
+        raise SystemExit(0)
     overrides = {k.split(":", 1)[1]: v for k, v in vars(args).items() if k.startswith("setting:") and v is not None}
     return load_config(cls, getattr(args, "config", None), overrides)

@@ -2,14 +2,13 @@
 also attends to the tokens of other views of the scene.
 
 attention.py  the math (extended keys/values, the strength blend)
-bank.py       reference tokens per attention site, the hide mask on each site's grid
+bank.py       reference keys/values per attention site, the hide mask on each site's grid
 schedule.py   noise levels: noising the reference, the active span, resizing its latent
 context.py    a sampling run: record the reference, then read it (the host supplies the model step)
 diffusers_processor.py  the same on a diffusers UNet (attn1 processors)
 side_by_side.py  the other way: the views shown to the model as images (canvas, DiT reference views)
 
-ComfyUI drives it from nodes/multiview.py through an attn1 patch, attn1 replacements and an
-APPLY_MODEL wrapper.
+ComfyUI drives it from nodes/multiview.py through attn1 replacements and an APPLY_MODEL wrapper.
 """
 
 from .attention import extended_attention, reference_attention, sdpa

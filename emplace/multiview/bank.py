@@ -1,9 +1,11 @@
-"""The reference bank: each attention site's reference tokens, recorded once and served to the target.
+"""The reference bank: each attention site's reference keys and values, recorded once and served to the target.
 
 A site is a tuple whose first item says where it is in the UNet: 'input', 'middle' or 'output'
 (ComfyUI: (block name, block number, block_index, transformer_index); diffusers: (kind, module
-name)). The tokens are the normalised hidden states entering the site's self-attention, before
-its key/value projections, so the layer projects them with its own weights.
+name)). What is banked is the reference views' keys and values as the site's own projections
+made them in the record pass: appending them equals appending the views' normalised hidden
+states before the projections (the projections act token by token), and each step's read pass
+then need not project the views again, once per batch element.
 
 The hide mask (1 = the reference's pixels that must not be attended to) is resized to each
 site's token grid: a token is hidden when its cell holds a pixel with hide >= 0.5. Hidden
@@ -40,11 +42,11 @@ def visible_tokens(hide_mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tens
 
 
 class ReferenceBank:
-    """Reference tokens per site, for a batch of V views, flattened into one sequence per site."""
+    """Reference keys and values per site, for a batch of V views, flattened into one sequence per site."""
 
     def __init__(self, hide_mask: torch.Tensor | None = None):
         self.hide_mask = hide_mask  # [1 or V, H, W] in pixels, or None (every token visible)
-        self.tokens: dict[tuple, torch.Tensor] = {}
+        self.tokens: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # site -> (keys, values)
         self.latent_size: tuple[int, int] | None = None
         self.key = None  # what the tokens were recorded for (the controller decides when to record again)
         self._visible: dict[tuple, torch.Tensor] = {}  # flat indices of the visible tokens, per grid and device
@@ -52,12 +54,15 @@ class ReferenceBank:
     def clear(self, latent_size: tuple[int, int] | None = None) -> None:
         self.tokens, self.latent_size, self.key = {}, latent_size, None
 
-    def record(self, site: tuple, n: torch.Tensor) -> None:
-        """n [V, N, C]: one site's tokens for the V views; the hidden ones are dropped here."""
-        flat = n.reshape(1, -1, n.shape[-1])  # views in order, each view's tokens in order
-        if self.hide_mask is not None:
-            flat = flat.index_select(1, self.visible_index(n.shape[0], n.shape[1], n.device))
-        self.tokens[site] = flat
+    def record(self, site: tuple, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v [V, N, C]: one site's keys and values for the V views; the hidden tokens are dropped here."""
+        def flat(t):  # views in order, each view's tokens in order
+            t = t.reshape(1, -1, t.shape[-1])
+            if self.hide_mask is not None:
+                t = t.index_select(1, self.visible_index(k.shape[0], k.shape[1], k.device))
+            return t
+
+        self.tokens[site] = (flat(k), flat(v))
 
     def visible_index(self, views: int, n_tokens: int, device) -> torch.Tensor:
         """Flat indices of the visible tokens of `views` views of `n_tokens` tokens (computed once per grid)."""
@@ -69,7 +74,7 @@ class ReferenceBank:
             self._visible[key] = visible.flatten().nonzero()[:, 0].to(device)
         return self._visible[key]
 
-    def serve(self, site: tuple, batch: int) -> torch.Tensor | None:
-        """[batch, M, C]: every view's visible tokens for `site`, the same for each batch element."""
-        tokens = self.tokens.get(site)
-        return None if tokens is None else tokens.expand(batch, -1, -1)
+    def serve(self, site: tuple, batch: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(keys, values) [batch, M, C]: every view's visible tokens for `site`, the same for each batch element."""
+        kv = self.tokens.get(site)
+        return None if kv is None else (kv[0].expand(batch, -1, -1), kv[1].expand(batch, -1, -1))

@@ -2,17 +2,17 @@
 
 Each model call at a noise level inside [end, start] becomes two passes of the host's model:
 - record: the reference latent, noised to a level with fixed noise, runs through the model
-  while every enabled self-attention site banks its normalised hidden states;
+  while every enabled self-attention site banks its keys and values;
 - read: the target runs through the model while every enabled site appends the banked
-  tokens to its keys and values (attention.reference_attention blends with the plain output).
+  keys and values to its own (attention.reference_attention blends with the plain output).
 
 Modes: 'exact' records at the current level on every call (the reference is as noisy as the
 target; costs one more model call per step for V views); 'cached' records once at
 `cache_level` (a low noise) and reuses the bank for the rest of the run. Two calls at the
 same level (cond and uncond batched apart) record once.
 
-The host supplies the model step, `run(latent, level, pass_)`, and hooks that call `tokens`
-(at each self-attention's input) and `attend` (in place of each self-attention).
+The host supplies the model step, `run(latent, level, pass_)`, and has each self-attention
+call `attend(site, q, k, v, heads)` with its projected queries, keys and values.
 """
 
 from __future__ import annotations
@@ -141,24 +141,23 @@ class MultiViewContext:
             self._fitted = (where, latent, noise)
         return self._fitted[1], self._fitted[2]
 
-    # -- the hooks --------------------------------------------------------------------------
-    def tokens(self, site: tuple, n: torch.Tensor) -> torch.Tensor | None:
-        """At a self-attention's input n [B, N, C]: record n (record pass), or return the reference
-        tokens to append to its keys and values (read pass); None when there is nothing to append."""
-        if site[0] not in self.options.sites:
-            return None
-        if self.pass_ == RECORD:
-            self.bank.record(site, n)
-        elif self.pass_ == READ:
-            return self.bank.serve(site, n.shape[0])
-        return None
-
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+    # -- the hook ---------------------------------------------------------------------------
+    def attend(self, site: tuple, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
                attention: Attention = sdpa) -> torch.Tensor:
-        """In place of a self-attention (projected q, k, v; k and v may carry appended reference tokens)."""
-        if self.pass_ != READ:
-            return attention(q, k, v, heads)
-        return reference_attention(q, k, v, q.shape[1], heads, self.strengths(q.shape[0]), attention)
+        """In place of the self-attention at `site` (projected q, k, v [B, N, heads * d]): bank k and v
+        (record pass), or attend to the banked views' keys and values too (read pass)."""
+        if site[0] in self.options.sites:
+            if self.pass_ == RECORD:
+                self.bank.record(site, k, v)
+                self.recorded(site)
+            elif self.pass_ == READ and (kv := self.bank.serve(site, q.shape[0])) is not None:
+                k_ref, v_ref = (t.to(k) for t in kv)
+                return reference_attention(q, torch.cat([k, k_ref], 1), torch.cat([v, v_ref], 1), k.shape[1], heads,
+                                           self.strengths(q.shape[0]), attention)
+        return attention(q, k, v, heads)
+
+    def recorded(self, site: tuple) -> None:
+        """Called once a site has banked its keys and values (a subclass may stop the record pass there)."""
 
     def strengths(self, batch: int) -> Strength:
         s, u = self.options.strength, self.options.uncond

@@ -1,10 +1,10 @@
 """Multi-view reference attention on a diffusers UNet2DConditionModel: an attention processor for attn1.
 
 `set_multiview_processors(unet, context)` puts a `MultiViewAttnProcessor` on every
-self-attention (the transformer blocks' attn1); the processor hands the normalised hidden
-states to the MultiViewContext (record pass), or appends the banked tokens to the keys and
-values and lets the context blend (read pass). Outside a pass it is the module's own
-processor, so an inactive context leaves the UNet bit-identical. The host's step drives the
+self-attention (the transformer blocks' attn1); in a record or read pass the processor
+projects q, k, v and lets the MultiViewContext attend (it banks the reference's keys and
+values, or appends them and blends). Outside a pass it is the module's own processor, so an
+inactive context leaves the UNet bit-identical. The host's step drives the
 passes, e.g.
 
     def run(latent, t, pass_):
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .context import MultiViewContext
+from .context import PLAIN, MultiViewContext
 
 KINDS = {"down_blocks": "input", "mid_block": "middle", "up_blocks": "output"}
 
@@ -36,13 +36,11 @@ class MultiViewAttnProcessor:
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, **kwargs):
-        tokens = None
-        if encoder_hidden_states is None and attention_mask is None:  # self-attention over [B, N, C]
-            tokens = self.context.tokens(self.site, hidden_states)
-        if tokens is None:
+        self_attention = encoder_hidden_states is None and attention_mask is None  # over [B, N, C]
+        if not self_attention or self.context.pass_ == PLAIN:
             return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
-        both = torch.cat([hidden_states, tokens.to(hidden_states)], 1)
-        out = self.context.attend(attn.to_q(hidden_states), attn.to_k(both), attn.to_v(both), attn.heads)
+        h = hidden_states
+        out = self.context.attend(self.site, attn.to_q(h), attn.to_k(h), attn.to_v(h), attn.heads)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + hidden_states

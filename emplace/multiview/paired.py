@@ -9,12 +9,28 @@ from __future__ import annotations
 
 import torch
 
-from .context import READ, RECORD, MultiViewContext, MultiViewOptions
+from .bank import ReferenceBank
+from .context import MultiViewContext, MultiViewOptions
 from .schedule import add_noise
 
 
 class Recorded(Exception):
     """Raised after the last site that banks tokens: the rest of a record pass is not needed."""
+
+
+class PairedBank(ReferenceBank):
+    """Each target's V views' keys and values as one sequence per target (no hide mask)."""
+
+    def __init__(self, views: int):
+        super().__init__()
+        self.per_target = views
+
+    def record(self, site: tuple, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.tokens[site] = tuple(t.reshape(-1, self.per_target * t.shape[1], t.shape[-1]) for t in (k, v))
+
+    def serve(self, site: tuple, batch: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        kv = self.tokens.get(site)
+        return None if kv is None else tuple(t.repeat(batch // t.shape[0], 1, 1) for t in kv)
 
 
 class PairedContext(MultiViewContext):
@@ -25,25 +41,16 @@ class PairedContext(MultiViewContext):
 
     def __init__(self, reference: torch.Tensor, views: int, options: MultiViewOptions = MultiViewOptions()):
         super().__init__(reference, options)
-        self.per_target = views
+        self.bank = PairedBank(views)
         self.last_site: tuple | None = None  # learnt on the first complete record pass
 
     def set_reference(self, reference: torch.Tensor) -> None:
         self.reference, self._fitted = reference, None
         self.bank.clear()
 
-    def tokens(self, site: tuple, n: torch.Tensor) -> torch.Tensor | None:
-        if site[0] not in self.options.sites:
-            return None
-        if self.pass_ == RECORD:
-            self.bank.tokens[site] = n.reshape(-1, self.per_target * n.shape[1], n.shape[-1])
-            if site == self.last_site:
-                raise Recorded
-        elif self.pass_ == READ:
-            tokens = self.bank.tokens.get(site)
-            if tokens is not None:
-                return tokens.repeat(n.shape[0] // tokens.shape[0], 1, 1)
-        return None
+    def recorded(self, site: tuple) -> None:
+        if site == self.last_site:
+            raise Recorded
 
     def record(self, x, level, run, condition=None, noise_scaling=None) -> None:
         """MultiViewContext.record, with the record pass stopping after the last banking site."""

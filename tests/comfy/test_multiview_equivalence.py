@@ -12,11 +12,13 @@ from emplace.multiview import READ, RECORD, MultiViewContext, MultiViewOptions
 HEADS, DIM_HEAD, WIDTH, GRID = 2, 16, 32, (4, 4)
 
 
-def recorded_context(site: tuple, reference_tokens: torch.Tensor, strength: float) -> MultiViewContext:
+def recorded_context(site: tuple, attention, reference_tokens: torch.Tensor, strength: float) -> MultiViewContext:
+    """A context whose bank holds the reference's keys and values at `site`, as `attention` projects them."""
     context = MultiViewContext(torch.zeros(1, 4, *GRID), MultiViewOptions(strength=strength))
     context.bank.clear(GRID)
     context.pass_ = RECORD
-    context.tokens(site, reference_tokens)
+    r = reference_tokens
+    context.attend(site, attention.to_q(r), attention.to_k(r), attention.to_v(r), HEADS)
     context.pass_ = READ
     return context
 
@@ -40,19 +42,17 @@ def test_the_comfy_patch_and_the_diffusers_processor_attend_alike(comfy, tiny):
     reference = torch.randn(1, tokens, WIDTH, generator=g)  # one view's, as its record pass banked them
 
     block = ("input", 1, 0)
-    comfy_context = recorded_context((*block[:2], block[2], 0), reference, strength=0.6)
-    patched = patch_model(tiny.model, comfy_context, [block]).model_options["transformer_options"]
-    attn1_patch = patched["patches"]["attn1_patch"][0]
-    attn1_replace = patched["patches_replace"]["attn1"][block]
-    extra = {"block": block[:2], "block_index": block[2], "transformer_index": 0, "n_heads": HEADS,
-             "cond_or_uncond": [0, 0], "attn_precision": None}
     with torch.no_grad():
-        # as core's BasicTransformerBlock runs them: the patch extends keys and values, the replacement attends
-        x, keys, values = attn1_patch(n, n, n, extra)
-        from_comfy = core.to_out(attn1_replace(core.to_q(x), core.to_k(keys), core.to_v(values), extra))
+        comfy_context = recorded_context((*block[:2], block[2], 0), core, reference, strength=0.6)
+        patched = patch_model(tiny.model, comfy_context, [block]).model_options["transformer_options"]
+        attn1_replace = patched["patches_replace"]["attn1"][block]
+        extra = {"block": block[:2], "block_index": block[2], "transformer_index": 0, "n_heads": HEADS,
+                 "cond_or_uncond": [0, 0], "attn_precision": None}
+        # as core's BasicTransformerBlock runs a replaced attn1: project, replace, project out
+        from_comfy = core.to_out(attn1_replace(core.to_q(n), core.to_k(n), core.to_v(n), extra))
 
         site = ("input", "down_blocks.0.attentions.0.transformer_blocks.0.attn1")
-        ours.set_processor(MultiViewAttnProcessor(recorded_context(site, reference, strength=0.6), site,
+        ours.set_processor(MultiViewAttnProcessor(recorded_context(site, ours, reference, strength=0.6), site,
                                                   AttnProcessor2_0()))
         from_diffusers = ours(n)
         ours.set_processor(AttnProcessor2_0())

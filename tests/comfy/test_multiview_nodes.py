@@ -86,8 +86,8 @@ def test_the_input_model_keeps_no_patch(comfy, tiny, base):
     model, _ = multiview(comfy, tiny.model, tiny.vae, images())
     sample(comfy, tiny, model)
     assert (repr(tiny.model.model_options), {k: dict(v) for k, v in tiny.model.wrappers.items()}) == before
-    assert "patches" not in tiny.model.model_options["transformer_options"]
-    assert "attn1_patch" in model.model_options["transformer_options"]["patches"]
+    assert "patches_replace" not in tiny.model.model_options["transformer_options"]
+    assert "attn1" in model.model_options["transformer_options"]["patches_replace"]
     assert torch.equal(sample(comfy, tiny, tiny.model), base)
 
 

@@ -86,20 +86,23 @@ def test_hidden_reference_tokens_are_dropped_so_changing_them_changes_nothing():
     hide[1, :, :4] = 1  # view 2's left half is hidden
     bank = ReferenceBank(hide)
     bank.clear((4, 4))
-    tokens = randn(views, n, c)
-    bank.record(("input", 1, 0, 0), tokens)
-    served = bank.serve(("input", 1, 0, 0), batch=3)
-    assert served.shape == (3, n + n // 2, c)
-    changed = tokens.clone()
-    changed[1].view(4, 4, c)[:, :2] = 99.0  # only hidden tokens
-    bank.record(("input", 1, 0, 0), changed)
-    assert torch.equal(bank.serve(("input", 1, 0, 0), batch=3), served)
+    keys, values = randn(views, n, c), randn(views, n, c, seed=1)
+    bank.record(("input", 1, 0, 0), keys, values)
+    served_keys, served_values = bank.serve(("input", 1, 0, 0), batch=3)
+    assert served_keys.shape == served_values.shape == (3, n + n // 2, c)
+    changed = keys.clone(), values.clone()
+    for t in changed:
+        t[1].view(4, 4, c)[:, :2] = 99.0  # only hidden tokens
+    bank.record(("input", 1, 0, 0), *changed)
+    again = bank.serve(("input", 1, 0, 0), batch=3)
+    assert torch.equal(again[0], served_keys) and torch.equal(again[1], served_values)
 
 
 # -- the passes -------------------------------------------------------------------------------
 
 class Recorder:
-    """A fake model step that runs the context's hook at one site, as a host's attention layer would."""
+    """A fake model step that runs the context's hook at one site, as a host's attention layer would
+    (q = k = v = the latent's tokens, one head)."""
 
     def __init__(self, context):
         self.context, self.passes = context, []
@@ -107,8 +110,7 @@ class Recorder:
     def __call__(self, latent, level, pass_):
         self.passes.append((pass_, float(level[0]), latent.clone()))
         n = latent.flatten(2).transpose(1, 2)
-        extra = self.context.tokens(("middle", 0, 0, 0), n)
-        return n if extra is None else torch.cat([n, extra], 1)
+        return self.context.attend(("middle", 0, 0, 0), n, n, n, heads=1)
 
 
 def context(mode="exact", **options):
@@ -129,7 +131,8 @@ def test_exact_records_the_reference_noised_to_the_current_level_once_per_level(
     assert torch.equal(latent, ctx.reference) and torch.equal(noise, reference_noise((2, 4, 4, 4)))
     expected = add_noise(torch.tensor([3.0, 3.0]), noise, ctx.reference)
     torch.testing.assert_close(run.passes[0][2], expected)
-    assert out.shape == (2, 16 + 2 * 16, 4)  # itself, then both views' tokens
+    assert out.shape == (2, 16, 4)
+    assert ctx.bank.serve(("middle", 0, 0, 0), 2)[0].shape == (2, 2 * 16, 4)  # both views' keys, for each target
 
 
 def test_cached_records_once_at_its_level_and_matches_exact_there():
@@ -216,8 +219,8 @@ def test_only_the_chosen_sites_attend(unet):
     seen = []
     ctx = MultiViewContext(ref, MultiViewOptions(sites=("middle",)))
     set_multiview_processors(unet, ctx)
-    original = ctx.tokens
-    ctx.tokens = lambda site, n: seen.append((ctx.pass_, site[0])) or original(site, n)
+    original = ctx.attend
+    ctx.attend = lambda site, *args: seen.append((ctx.pass_, site[0])) or original(site, *args)
     try:
         with torch.no_grad():
             ctx.denoise(x, torch.tensor([400.0]), unet_step(unet, cond, cond))

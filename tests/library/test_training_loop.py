@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +112,7 @@ def test_a_toml_config_loads_with_relative_paths_and_command_line_overrides(tmp_
     ('mode = "odd"', "'mode' must be one of plain, fancy, got 'odd'"),
     ("share = 1.5", "'share' must be at most 1.0, got 1.5"),
     ("batch = 0", "'batch' must be at least 1, got 0"),
-    ("bacth = 2", "unknown setting 'bacth'"),
+    ("bacth = 2", "unknown setting 'bacth' (did you mean 'batch'?)"),
 ])
 def test_every_bad_value_is_named_when_the_config_loads(tmp_path, line, message):
     with pytest.raises(ConfigError, match="run.toml") as err:
@@ -127,6 +128,25 @@ def test_problems_are_reported_together_and_a_missing_key_is_named(tmp_path):
         load_config(LineConfig, tmp_path)
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(LineConfig, toml(tmp_path, "steps = = 3"))
+
+
+def test_the_written_example_config_lists_every_setting_and_loads_back(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, LineConfig)
+    example = tmp_path / "example.toml"
+    with pytest.raises(SystemExit) as stop:
+        config_from_args(LineConfig, parser.parse_args(["--write-config", str(example)]))
+    assert stop.value.code == 0
+    text = example.read_text()
+    for f in dataclasses.fields(LineConfig):
+        assert f"{f.name} = " in text, f.name
+    assert "# data = ...  (required)" in text and "one of plain, fancy" in text
+    with pytest.raises(ConfigError, match="'data' is missing"):  # the required key is left for the user
+        load_config(LineConfig, example)
+    example.write_text(text.replace("# data = ...  (required)", 'data = "d"'))
+    assert load_config(LineConfig, example) == load_config(LineConfig, toml(tmp_path, 'data = "d"'))
+    help_text = parser.format_help()
+    assert "one of plain, fancy; default plain" in " ".join(help_text.split())
 
 
 def test_the_command_line_has_one_option_per_setting_and_one_resume(tmp_path):
