@@ -192,7 +192,7 @@ def main() -> None:
             env |= {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
         toml = {"model": model, "data": rows, "output": tmp / "ours" / "lora.safetensors", "work": tmp / "ours",
                 "method": "dpo", "rank": args.rank, "batch": args.batch, "steps": args.steps,
-                "resolution": args.resolution, "lr": 1e-5, "beta": 2500.0, "mixed_precision": "no",
+                "resolution": args.resolution, "lr": 1e-5, "beta": 1250.0, "mixed_precision": "no",
                 "checkpoint_every": 10**6, "seed": 0}
         config = tmp / "run.toml"
         config.write_text("".join(f"{k} = {json.dumps(str(v) if isinstance(v, Path) else v)}\n"

@@ -15,7 +15,7 @@ import hashlib
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ from emplace.files import load_image
 from emplace.preference import losses
 from emplace.weights import load_safetensors, save_safetensors
 
-from .config import TrainingConfig, add_config_arguments, config_from_args, setting
+from .config import ConfigError, TrainingConfig, add_config_arguments, config_from_args, setting
 from .loop import Run, batch_indices, phase, start
 from .lora_training import TARGETS, TEXT_TARGETS, add_lora, save_trained_lora
 from .loop import train as run_loop
@@ -38,8 +38,22 @@ class DPOConfig(TrainingConfig):
     output: Path = setting(help="the LoRA .safetensors to write")
     model_config: Path | None = setting(None, "for a single-file checkpoint: a local diffusers folder with its configs")
     method: str = setting("dpo", "the preference method", choices=tuple(losses.METHODS))
-    beta: float = setting(2500.0, "the sigmoid link is -log sigmoid(beta / 2 * margin), margin over per-pixel "
-                                  "means", low=0.0)
+    beta: float = setting(1250.0, "the coefficient on the margin (a difference of per-pixel means) in every "
+                                  "sigmoid link: -log sigmoid(beta * margin); diffusers' --beta_dpo / 2", low=0.0)
+    beta_target: float = setting(0.0, "automatic beta: hold the batch mean of sigmoid(-beta * margin) near this "
+                                      "(e.g. 0.3; 0: beta stays fixed)", low=0.0, high=0.49)
+    consistency: float = setting(0.0, "anchor: weight of E over the unmasked pixels of (policy - reference "
+                                      "prediction)^2", low=0.0)
+    sft_weight: float = setting(0.0, "anchor: weight of the winner's plain denoising loss", low=0.0)
+    preference_region: str = setting("image", "where the preference term is measured (mask: inside the inpaint "
+                                              "mask only)", choices=("image", "mask"))
+    timestep_low: float = setting(0.0, "timesteps are drawn uniformly from [low, high) of the training schedule",
+                                  low=0.0, high=1.0)
+    timestep_high: float = setting(1.0, "see timestep_low", low=0.0, high=1.0)
+    loser_kinds: str = setting("", "train only on pairs whose 'kind' is one of these (comma-separated; "
+                                   "empty: every pair)")
+    heldout: Path | None = setting(None, "a second pairs folder, never trained on, whose implicit accuracy is "
+                                         "measured at the end (eval.json)")
     lam: float = setting(1.0, "mask-dpo: weight of the object's denoising loss", low=0.0)
     alpha: float = setting(10.0, "asap: weight of the degraded region", low=0.0)
     tau: float = setting(0.5, "asap: target margin, in units of the weighted mean error", low=0.0)
@@ -59,6 +73,21 @@ class DPOConfig(TrainingConfig):
     validation_steps: int = setting(25, "sampling steps of the validation images", low=1)
     validation_guidance: float = setting(5.0, "guidance scale of the validation images", low=0.0)
     cache: bool = setting(True, "cache the encoded pairs on disk")
+
+    def validate(self) -> None:
+        super().validate()
+        problems = []
+        if self.timestep_low >= self.timestep_high:
+            problems.append(f"'timestep_low' ({self.timestep_low}) must be below 'timestep_high' "
+                            f"({self.timestep_high})")
+        if self.method == "asymmetric" and self.preference_region == "mask":
+            problems.append("'preference_region' = \"mask\" does not apply to method 'asymmetric' (winner and loser "
+                            "are seen through different crops, so they share no mask)")
+        if self.beta_target and self.method == "asap" and self.link == "target":
+            problems.append("'beta_target' needs a sigmoid link; asap's 'target' link has no beta (set link = "
+                            "\"sigmoid\")")
+        if problems:
+            raise ConfigError("; ".join(problems))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -179,28 +208,35 @@ def unet_conditioning(cond: dict, rep) -> dict:
     return kwargs
 
 
-def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, reference_unet) -> losses.PreferenceLoss:
+def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, reference_unet,
+                    beta: float | None = None) -> losses.PreferenceLoss:
+    """One batch's loss: the method's preference term (at `beta`, default the config's) plus the
+    anchors, with the diagnostics (gradient factor, error ratios inside and outside the mask)."""
     sched = backend.scheduler
     method = losses.METHODS[config.method]
-    winners, loser = batch["winners"], batch["loser"]
+    winners, loser, mask = batch["winners"], batch["loser"], batch["mask"]
     device = loser.device
     b, k = winners.shape[:2]
     # one generator per pair and step: the draws do not depend on how pairs are spread over processes,
     # nor on the device (drawn on the CPU, then moved)
     gens = [torch.Generator().manual_seed(config.seed * 1_000_003 + step * 100_003 + int(i)) for i in batch["index"]]
     noise = torch.stack([torch.randn(loser.shape[1:], generator=g) for g in gens]).to(device)
-    t = torch.cat([torch.randint(0, sched.config.num_train_timesteps, (1,), generator=g) for g in gens]).to(device)
+    steps_total = sched.config.num_train_timesteps
+    low, high = int(config.timestep_low * steps_total), max(int(config.timestep_high * steps_total),
+                                                            int(config.timestep_low * steps_total) + 1)
+    t = torch.cat([torch.randint(low, high, (1,), generator=g) for g in gens]).to(device)
     # some prompts replaced by the empty prompt, as the Diffusion-DPO code does
     dropped = torch.cat([torch.rand(1, generator=g) for g in gens]) < config.empty_prompt
     inpaint = batch.get("inpaint")
     w_extra = l_extra = inpaint
+    w_mask = l_mask = mask
     if method.differential_crops:  # the winner and the loser through differently cropped views
         boxes = [losses.differential_crop_boxes(*loser.shape[-2:], g) for g in gens]
+        crop = lambda x, which: torch.stack([crop_resize(x[i:i + 1], boxes[i][which])[0] for i in range(b)])  # noqa
         winners = torch.stack([crop_resize(winners[i], boxes[i][0]) for i in range(b)])
-        loser = torch.stack([crop_resize(loser[i:i + 1], boxes[i][1])[0] for i in range(b)])
+        loser, w_mask, l_mask = crop(loser, 1), crop(mask, 0), crop(mask, 1)
         if inpaint is not None:
-            w_extra = torch.stack([crop_resize(inpaint[i:i + 1], boxes[i][0])[0] for i in range(b)])
-            l_extra = torch.stack([crop_resize(inpaint[i:i + 1], boxes[i][1])[0] for i in range(b)])
+            w_extra, l_extra = crop(inpaint, 0), crop(inpaint, 1)
     x0 = torch.cat([winners.flatten(0, 1), loser])
     noise_all = torch.cat([noise.repeat_interleave(k, 0), noise])
     t_all = torch.cat([t.repeat_interleave(k), t])
@@ -229,8 +265,20 @@ def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, re
     err = (pred.float() - target.float()) ** 2
     e_w, e_l = err[: b * k].unflatten(0, (b, k)), err[b * k:]
     r_w, r_l = ref_err[: b * k].unflatten(0, (b, k)), ref_err[b * k:]
-    regions = {"mask": batch["mask"], "object": batch["object"]}
-    return method.loss(e_w, e_l, r_w, r_l, regions, config)
+    regions = {"mask": mask, "object": batch["object"]}
+    if config.preference_region == "mask":
+        regions["within"] = mask
+    beta = config.beta if beta is None else beta
+    settings = replace(config, beta=beta) if beta != config.beta else config
+    out = method.loss(e_w, e_l, r_w, r_l, regions, settings)
+    masks_all = torch.cat([w_mask.repeat_interleave(k, 0), l_mask])
+    if config.consistency:
+        out.loss = out.loss + config.consistency * losses.outside_consistency(pred, ref, masks_all)
+    if config.sft_weight:
+        out.loss = out.loss + config.sft_weight * losses.weighted_mean(e_w[:, 0]).mean()
+    out.diagnostics = {"gradient_factor": losses.gradient_factor(out.delta, beta).mean(),
+                       **losses.error_ratios(e_w[:, 0], e_l, r_w[:, 0], r_l, w_mask)}
+    return out
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -256,7 +304,8 @@ def train(config: DPOConfig, resume: bool = False) -> int:
         with accelerator.main_process_first():  # converted once, by the first process
             if not (data_folder / "pairs.jsonl").is_file():
                 accelerator.print(f"Pick-a-Pic rows -> {data_folder}: {convert_pickapic(config.data, data_folder)}")
-    pairs = load_pairs(data_folder)  # every bad line is reported before anything loads
+    pairs = select_loser_kinds(load_pairs(data_folder), config.loser_kinds, data_folder)  # every bad line first
+    heldout_pairs = load_pairs(config.heldout) if config.heldout is not None else []
     with phase(f"loading {config.model}", main):
         backend = load_backend(config.model, config.resolution or None, config.model_config)
     for module in (backend.unet, *backend.text_encoders()):
@@ -275,38 +324,57 @@ def train(config: DPOConfig, resume: bool = False) -> int:
     unet, optimizer = accelerator.prepare(backend.unet, optimizer)
     backend.to(accelerator.device)
     data = EncodedPairs(pairs, backend, config)
+    auto_beta = losses.AutoBeta(config.beta, config.beta_target) if config.beta_target else None
+    if auto_beta is not None:
+        trainables["auto_beta"] = auto_beta  # checkpointed with the weights: resuming is exact
     if main:
-        print(f"{config.method} on {len(pairs)} pairs, beta {config.beta} (on per-pixel means), "
+        print(f"{config.method} on {len(pairs)} pairs, beta {config.beta} on the margin of per-pixel means"
+              f"{f' (automatic, gradient factor held near {config.beta_target})' if auto_beta else ''}, "
               f"{sum(p.numel() for g in groups for p in g['params']):,} LoRA parameters")
 
     def step(index: int) -> dict[str, torch.Tensor]:
         idx = batch_indices(index, len(pairs), config.batch, config.seed, accelerator.process_index,
                             accelerator.num_processes)
-        out = preference_step(unet, backend, data.batch(idx), config, index, accelerator.unwrap_model(unet))
-        return {"loss": out.loss, "accuracy": out.accuracy, "margin": out.delta.mean(),
+        beta = auto_beta.beta if auto_beta else config.beta
+        out = preference_step(unet, backend, data.batch(idx), config, index, accelerator.unwrap_model(unet), beta)
+        if auto_beta is not None:  # every process takes the same step
+            auto_beta.update(float(accelerator.reduce(out.diagnostics["gradient_factor"].detach(), reduction="mean")))
+        return {"loss": out.loss, "accuracy": out.accuracy, "margin": out.delta.mean(), "beta": torch.tensor(beta),
                 "policy_winner": out.policy_winner, "policy_loser": out.policy_loser,
-                "reference_winner": out.reference_winner, "reference_loser": out.reference_loser}
+                "reference_winner": out.reference_winner, "reference_loser": out.reference_loser,
+                **out.diagnostics}
 
     start_time = time.time()
     history = run_loop(config, accelerator, Run(
         name="dpo", model=unet, optimizer=optimizer, step=step, checkpointed=trainables,
-        panels=[["loss"], ["accuracy"], ["policy_winner", "policy_loser", "reference_winner", "reference_loser"]],
+        panels=[["loss"], ["accuracy", "gradient_factor"],
+                ["winner_in", "winner_out", "loser_in", "loser_out"]],
         outside_ddp=[p for g in groups[1:] for p in g["params"]],  # the text encoders run through the backend
         checkpoint_extra={"data": str(config.data)}), resume=resume)
     if not main:
         return 0
     steps_done = history[-1]["step"] if history else 0
-    final = evaluate_pairs(accelerator.unwrap_model(unet), backend, data, config, len(pairs))
+    final_beta = auto_beta.beta if auto_beta else config.beta
+    final = evaluate_pairs(accelerator.unwrap_model(unet), backend, data, config, len(pairs), final_beta,
+                           "the training pairs")
+    final["beta"] = final_beta
+    if heldout_pairs:
+        final["heldout"] = evaluate_pairs(accelerator.unwrap_model(unet), backend,
+                                          EncodedPairs(heldout_pairs, backend, config), config, len(heldout_pairs),
+                                          final_beta, "the held-out pairs")
     (config.work / "eval.json").write_text(json.dumps(final))
-    print(f"on the training pairs (fixed noise): loss {final['loss']:.4f} (log 2 = 0.6931 before training), "
-          f"implicit accuracy {final['accuracy']:.2f}, margin {final['margin']:.3g}")
+    for name, scores in (("training", final), ("held-out", final.get("heldout"))):
+        if scores:
+            print(f"on the {name} pairs (fixed noise): loss {scores['loss']:.4f} (log 2 = 0.6931 before training), "
+                  f"implicit accuracy {scores['accuracy']:.2f}, margin {scores['margin']:.3g}, winner error / "
+                  f"reference {scores['winner_in']:.3f} inside the mask, {scores['winner_out']:.3f} outside")
 
     with phase(f"writing {config.output}"):
         modules = {"unet": accelerator.unwrap_model(unet)}
         if config.train_text_encoder:
             modules |= dict(zip(("text_encoder", "text_encoder_2"), backend.text_encoders()))
         record = TrainingRecord(method=config.method, family=backend.family, resolution=data.size, rank=config.rank,
-                                alpha=float(lora_alpha), beta=config.beta, steps=steps_done,
+                                alpha=float(lora_alpha), beta=final_beta, steps=steps_done,
                                 data_summary=f"{len(pairs)} pairs from {config.data.name}", title=config.output.stem)
         lora = save_trained_lora(config.output, modules, config.rank, lora_alpha, record)
     if config.validation:
@@ -318,24 +386,37 @@ def train(config: DPOConfig, resume: bool = False) -> int:
 
 
 @torch.no_grad()
-def evaluate_pairs(unet, backend, data: EncodedPairs, config: DPOConfig, n: int, draws: int = 4,
-                   most: int = 64) -> dict:
-    """The preference loss over (at most `most` of) the pairs with fixed noise draws: before training
-    (the LoRA starts at zero, so policy = reference) it is exactly log 2 with accuracy 0."""
+def evaluate_pairs(unet, backend, data: EncodedPairs, config: DPOConfig, n: int, beta: float, what: str,
+                   draws: int = 4, most: int = 64) -> dict:
+    """The preference loss over (at most `most` of) the pairs with fixed noise draws, and the error
+    ratios: before training (the LoRA starts at zero, so policy = reference) the loss is exactly
+    log 2, the accuracy 0 and every ratio 1."""
     from tqdm import tqdm
 
-    totals = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
-    count = 0
+    totals: dict[str, float] = {}
     chosen = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))[:most].tolist()
     work = [(draw, i) for draw in range(draws) for i in chosen]
-    for draw, i in tqdm(work, desc="evaluating on the training pairs (fixed noise)", unit="pair"):
-        batch = data.batch([i])
-        out = preference_step(unet, backend, batch, config, 10**9 + draw * n + i, unet)
-        totals["loss"] += out.loss.item()
-        totals["accuracy"] += out.accuracy.item()
-        totals["margin"] += out.delta.mean().item()
-        count += 1
-    return {k: v / count for k, v in totals.items()}
+    for draw, i in tqdm(work, desc=f"evaluating on {what} (fixed noise)", unit="pair"):
+        out = preference_step(unet, backend, data.batch([i]), config, 10**9 + draw * n + i, unet, beta)
+        for key, value in {"loss": out.loss, "accuracy": out.accuracy, "margin": out.delta.mean(),
+                           **out.diagnostics}.items():
+            totals[key] = totals.get(key, 0.0) + value.item()
+    return {k: v / len(work) for k, v in totals.items()}
+
+
+def select_loser_kinds(pairs: list, kinds: str, folder: Path) -> list:
+    """The pairs whose loser 'kind' (the pair generator's provenance key) is listed; all when empty."""
+    wanted = [k.strip() for k in kinds.split(",") if k.strip()]
+    if not wanted:
+        return pairs
+    known = sorted({str(p.extra.get("kind")) for p in pairs if "kind" in p.extra})
+    if not known:
+        raise ConfigError(f"'loser_kinds' needs pairs with a \"kind\" key; {folder / 'pairs.jsonl'} has none")
+    unknown = [k for k in wanted if k not in known]
+    if unknown:
+        raise ConfigError(f"'loser_kinds': no pair in {folder / 'pairs.jsonl'} has kind {', '.join(unknown)} "
+                          f"(its kinds: {', '.join(known)})")
+    return [p for p in pairs if p.extra.get("kind") in wanted]
 
 
 @torch.no_grad()

@@ -13,9 +13,29 @@ and the margin the policy gains over the reference is
 
 (positive when the policy moved towards the winner more than towards the loser). Links:
 
-    sigmoid:  loss = -log sigmoid(beta / 2 * delta)        (Diffusion-DPO; beta about 2000-5000)
-    target:   loss = (delta - tau)^2                        (IPO-style, pulls delta to tau, not to infinity)
-    clipped:  loss = -log sigmoid(beta * min(delta, tau))   (ASAP's bounded sigmoid option)
+    sigmoid:  loss = -log sigmoid(beta * delta)              (Diffusion-DPO)
+    target:   loss = (delta / E(r_w) - tau)^2                (IPO-style, pulls delta to tau, not to infinity)
+    clipped:  loss = -log sigmoid(beta * min(delta, tau * E(r_w)))   (ASAP's bounded sigmoid option)
+
+One beta convention: `beta` is the coefficient on delta, for every method and link, and delta
+is a difference of per-pixel means (mean over C, H, W, weighted as above). diffusers'
+train_diffusion_dpo.py scripts put 0.5 * beta_dpo on the same margin (also a mean over
+C, H, W), so beta = beta_dpo / 2: their default 2500 is beta 1250 here, and a value
+carried over from a script that sums over pixels must be divided by C * H * W too.
+
+The gradient of the sigmoid link with respect to delta is beta * sigmoid(-beta * delta):
+the factor sigmoid(-beta * delta) (`gradient_factor`) is 1/2 where the policy equals the
+reference and falls to 0 as a pair is learnt. `AutoBeta` adjusts beta from step to step to
+hold its batch mean near a target, since the size of delta differs between models,
+prediction types and timesteps.
+
+Anchors against drift, available to every method (winner and loser agree outside the
+inpaint mask M, so their gradients there cancel in delta, and nothing else holds the
+prediction where they agree):
+- `outside_consistency`: E over (1 - M) of (pred_policy - pred_reference)^2, on every
+  sample of the batch (weight `consistency` in the trainer);
+- the winner's plain denoising loss E(e_w) (`sft_weight`);
+- the preference restricted to the mask: every method's weight map multiplied by M.
 
 Methods (the seeds leave details open; what was chosen is written here):
 - `dpo`: W = 1, sigmoid link. The implicit accuracy is the share of samples with delta > 0.
@@ -35,7 +55,8 @@ Methods (the seeds leave details open; what was chosen is written here):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import torch
@@ -51,6 +72,7 @@ class PreferenceLoss:
     policy_loser: torch.Tensor
     reference_winner: torch.Tensor
     reference_loser: torch.Tensor
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)  # the trainer's extra scalars to log
 
 
 def weighted_mean(error: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -74,37 +96,43 @@ def _finish(loss_per_sample: torch.Tensor, delta: torch.Tensor, reduced) -> Pref
 
 
 def sigmoid_link(delta: torch.Tensor, beta: float) -> torch.Tensor:
-    return -F.logsigmoid(beta / 2 * delta)
+    return -F.logsigmoid(beta * delta)
 
 
-def dpo(e_w, e_l, r_w, r_l, beta: float = 2500.0, weight=None) -> PreferenceLoss:
+def gradient_factor(delta: torch.Tensor, beta: float) -> torch.Tensor:
+    """sigmoid(-beta * delta), the sigmoid link's per-sample gradient factor: 1/2 untrained, 0 learnt."""
+    return torch.sigmoid(-beta * delta.detach())
+
+
+def dpo(e_w, e_l, r_w, r_l, beta: float = 1250.0, weight=None) -> PreferenceLoss:
     delta, reduced = margin(e_w, e_l, r_w, r_l, weight)
     return _finish(sigmoid_link(delta, beta), delta, reduced)
 
 
-def mask_dpo(e_w, e_l, r_w, r_l, object_mask: torch.Tensor, beta: float = 2500.0, lam: float = 1.0) -> PreferenceLoss:
+def mask_dpo(e_w, e_l, r_w, r_l, object_mask: torch.Tensor, beta: float = 1250.0, lam: float = 1.0,
+             weight=None) -> PreferenceLoss:
     """object_mask [B, 1, H, W]: 1 on the object, whose pixels are kept out of the preference term."""
-    background = 1 - object_mask
+    background = (1 - object_mask) * (1 if weight is None else weight)
     delta, reduced = margin(e_w, e_l, r_w, r_l, background)
     keep_object = weighted_mean(e_w, object_mask)
     return _finish(sigmoid_link(delta, beta) + lam * keep_object, delta, reduced)
 
 
-def asymmetric(e_w, e_l, r_w, r_l, beta: float = 2500.0) -> PreferenceLoss:
+def asymmetric(e_w, e_l, r_w, r_l, beta: float = 1250.0) -> PreferenceLoss:
     """The global preference term over whole (differently cropped) views."""
     return dpo(e_w, e_l, r_w, r_l, beta)
 
 
-def commonality(e_ws, e_l, r_ws, r_l, beta: float = 2500.0, weight=None) -> PreferenceLoss:
+def commonality(e_ws, e_l, r_ws, r_l, beta: float = 1250.0, weight=None) -> PreferenceLoss:
     """e_ws, r_ws: [B, K, C, H, W] errors of K winners; their mean is the common component."""
     return dpo(e_ws.mean(1), e_l, r_ws.mean(1), r_l, beta, weight)
 
 
 def asap(e_w, e_l, r_w, r_l, region: torch.Tensor, alpha: float = 10.0, tau: float = 0.5,
-         link: str = "target", beta: float = 2500.0) -> PreferenceLoss:
+         link: str = "target", beta: float = 1250.0, weight=None) -> PreferenceLoss:
     """region [B, 1, H, W]: the degraded region M. tau is in units of the weighted mean error of the
     reference on the winner, so it means the same at every noise level."""
-    weight = 1 + alpha * region
+    weight = (1 + alpha * region) * (1 if weight is None else weight)
     delta, reduced = margin(e_w, e_l, r_w, r_l, weight)
     scale = reduced[2].detach().clamp(min=1e-8)  # E(r_w): the unit of tau
     if link == "target":
@@ -128,6 +156,46 @@ def differential_crop_boxes(height: int, width: int, g: torch.Generator, min_kee
         return (x0, y0, x0 + w, y0 + h)
 
     return crop(), crop()
+
+
+# --- anchors and diagnostics -----------------------------------------------------------------
+
+
+def outside_consistency(pred: torch.Tensor, reference_pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """E over (1 - M) of (pred - reference_pred)^2, averaged over the batch: holds the policy to the
+    reference where winner and loser agree. pred, reference_pred [N, C, H, W]; mask [N, 1, H, W]."""
+    return weighted_mean((pred.float() - reference_pred.float()) ** 2, 1 - mask).mean()
+
+
+def error_ratios(e_w, e_l, r_w, r_l, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Policy error over reference error, for winner and loser, inside and outside the mask (1 = the
+    reference's error; below 1 the policy predicts better there). A drifting recipe shows here as a
+    winner ratio above 1 outside the mask."""
+    out = {}
+    for name, region in (("in", mask), ("out", 1 - mask)):
+        for who, policy, reference in (("winner", e_w, r_w), ("loser", e_l, r_l)):
+            out[f"{who}_{name}"] = weighted_mean(policy, region).sum() / weighted_mean(reference, region).sum().clamp(
+                min=1e-12)
+    return out
+
+
+class AutoBeta:
+    """Holds the batch mean of the sigmoid link's gradient factor sigmoid(-beta * delta) near `target`
+    by a multiplicative step on beta after every micro-step (up when the pairs are far from learnt
+    and the factor is above the target, down when they saturate). Bounded to [low, high]; its state
+    is checkpointed, so resuming is exact."""
+
+    def __init__(self, beta: float, target: float, rate: float = 0.05, low: float = 1.0, high: float = 1e6):
+        self.beta, self.target, self.rate, self.low, self.high = float(beta), target, rate, low, high
+
+    def update(self, mean_factor: float) -> None:
+        self.beta = min(self.high, max(self.low, self.beta * math.exp(self.rate * (mean_factor - self.target) / 0.5)))
+
+    def state_dict(self) -> dict:
+        return {"beta": torch.tensor(self.beta, dtype=torch.float64)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.beta = float(state["beta"])
 
 
 # --- the methods, by name -------------------------------------------------------------------------
@@ -155,13 +223,16 @@ class Method:
 
 
 METHODS: dict[str, Method] = {
-    "dpo": Method(lambda e_w, e_l, r_w, r_l, regions, s: dpo(e_w[:, 0], e_l, r_w[:, 0], r_l, s.beta)),
+    "dpo": Method(lambda e_w, e_l, r_w, r_l, regions, s: dpo(
+        e_w[:, 0], e_l, r_w[:, 0], r_l, s.beta, regions.get("within"))),
     "mask-dpo": Method(lambda e_w, e_l, r_w, r_l, regions, s: mask_dpo(
-        e_w[:, 0], e_l, r_w[:, 0], r_l, regions["object"], s.beta, s.lam)),
+        e_w[:, 0], e_l, r_w[:, 0], r_l, regions["object"], s.beta, s.lam, regions.get("within"))),
     "asymmetric": Method(lambda e_w, e_l, r_w, r_l, regions, s: asymmetric(e_w[:, 0], e_l, r_w[:, 0], r_l, s.beta),
                          differential_crops=True),
-    "commonality": Method(lambda e_w, e_l, r_w, r_l, regions, s: commonality(e_w, e_l, r_w, r_l, s.beta),
-                          all_winners=True),
+    "commonality": Method(lambda e_w, e_l, r_w, r_l, regions, s: commonality(
+        e_w, e_l, r_w, r_l, s.beta, regions.get("within")), all_winners=True),
     "asap": Method(lambda e_w, e_l, r_w, r_l, regions, s: asap(
-        e_w[:, 0], e_l, r_w[:, 0], r_l, regions["mask"], s.alpha, s.tau, s.link, s.beta)),
+        e_w[:, 0], e_l, r_w[:, 0], r_l, regions["mask"], s.alpha, s.tau, s.link, s.beta, regions.get("within"))),
 }
+"""regions["within"] (optional, [B, 1, H, W]) restricts the preference term to the inpaint mask; the
+asymmetric method sees winner and loser through different crops, so it has no common region."""

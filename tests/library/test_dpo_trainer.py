@@ -38,7 +38,8 @@ def pairs_at(out: Path) -> Path:
         for name, image in (("w", winner), ("w2", winner.flip(-1)), ("l", loser)):
             save_image(image, out / f"{i}{name}.png")
         rows.append({"prompt": f"pair {i}", "winner": [f"{i}w.png", f"{i}w2.png"], "loser": f"{i}l.png",
-                     "mask": "mask.png", "object_mask": "object.png", "group": str(i)})
+                     "mask": "mask.png", "object_mask": "object.png", "group": str(i),
+                     "kind": "noise" if i % 2 else "static"})
     write_jsonl(out / "pairs.jsonl", rows)
     return out
 
@@ -71,7 +72,7 @@ def train(tmp_path, model, data, **settings):
 def test_every_method_lowers_its_loss_and_raises_accuracy(tmp_path, models, pairs, method):
     # on the embedded toy inpainting model (a trained diffusers UNet with a 25-channel input): a random tiny
     # UNet barely depends on its input, so no preference can be learnt from it in a few steps
-    settings = dict(method=method, steps=40, batch=2, lr=3e-3, beta=5000.0, rank=4, seed=1)
+    settings = dict(method=method, steps=40, batch=2, lr=3e-3, beta=2500.0, rank=4, seed=1)
     if method == "asap":
         settings |= {"link": "sigmoid", "tau": 5.0}
     config, history = train(tmp_path, TOY, pairs, **settings)
@@ -145,8 +146,9 @@ def test_a_lora_for_another_model_is_not_merged(tmp_path, models, pairs):
             pass
 
 
-def test_resuming_gives_the_same_weights_as_one_run(tmp_path, models, pairs):
-    common = dict(method="dpo", batch=2, lr=1e-3, rank=2, seed=3)
+@pytest.mark.parametrize("auto_beta", [0.0, 0.3])
+def test_resuming_gives_the_same_weights_as_one_run(tmp_path, models, pairs, auto_beta):
+    common = dict(method="dpo", batch=2, lr=1e-3, rank=2, seed=3, beta_target=auto_beta)
     straight, _ = train(tmp_path / "a", models["sd15"], pairs, steps=4, **common)
     from trainer.dpo import DPOConfig, train as run_training
 
@@ -158,6 +160,33 @@ def test_resuming_gives_the_same_weights_as_one_run(tmp_path, models, pairs):
     a, b = load_lora(straight.output), load_lora(config.output)
     for name, m in a.modules.items():
         assert torch.equal(m.down, b.modules[name].down) and torch.equal(m.up, b.modules[name].up)
+    # the automatic beta is part of the state: the same after resuming, and recorded in the LoRA
+    assert read_metadata(straight.output)["emplace.beta"] == read_metadata(config.output)["emplace.beta"]
+    if auto_beta:
+        assert float(read_metadata(config.output)["emplace.beta"]) != 1250.0
+
+
+def test_the_consistency_anchor_holds_the_prediction_outside_the_mask(tmp_path, pairs):
+    """The same run with and without the anchor: with it, the policy's error outside the mask stays
+    near the reference's (ratio 1); the held-out split, the ratios and the automatic beta are reported."""
+    common = dict(method="dpo", steps=20, batch=2, lr=3e-3, rank=4, seed=1, heldout=pairs, beta_target=0.3,
+                  timestep_low=0.1, timestep_high=0.9)
+    _, free = train(tmp_path / "free", TOY, pairs, **common)
+    config, anchored = train(tmp_path / "anchored", TOY, pairs, consistency=100.0, sft_weight=1.0, **common)
+    drift = lambda history: sum(abs(h["winner_out"] - 1) for h in history[-10:]) / 10  # noqa: E731
+    assert drift(anchored) < drift(free)
+    # these pairs are learnt within a step or two (the factor falls below the target): the automatic beta falls
+    assert anchored[-1]["beta"] < anchored[0]["beta"] == 1250.0
+    report = json.loads((config.work / "eval.json").read_text())
+    assert {"accuracy", "loss", "winner_in", "winner_out", "loser_in", "loser_out"} <= set(report["heldout"])
+    assert report["beta"] == pytest.approx(float(read_metadata(config.output)["emplace.beta"]))
+
+
+def test_the_preference_restricted_to_the_mask_and_chosen_loser_kinds_train(tmp_path, pairs):
+    config, history = train(tmp_path, TOY, pairs, method="mask-dpo", steps=2, batch=2, lr=1e-3, rank=2,
+                            preference_region="mask", loser_kinds="noise")
+    assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
+    assert "2 pairs" in read_metadata(config.output)["emplace.data_summary"]
 
 
 def test_bad_config_and_data_are_reported_plainly(tmp_path, models, pairs):
@@ -184,6 +213,13 @@ def test_bad_config_and_data_are_reported_plainly(tmp_path, models, pairs):
     cfg.write_text(f'model = "{models["sd15"]}"\ndata = "{bad}"\noutput = "x.safetensors"\n')
     r = run(cfg)
     assert r.returncode == 2 and "line 1: 'winner' file nope.png does not exist" in r.stderr
+    cfg.write_text(head + 'loser_kinds = "blur, noise"\n')
+    r = run(cfg)
+    assert r.returncode == 2 and "no pair in" in r.stderr and "has kind blur (its kinds: noise, static)" in r.stderr
+    cfg.write_text(head + 'method = "asymmetric"\npreference_region = "mask"\ntimestep_low = 0.9\ntimestep_high = 0.5\n')
+    r = run(cfg)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "'timestep_low' (0.9) must be below 'timestep_high' (0.5)" in r.stderr and "does not apply to method 'asymmetric'" in r.stderr
 
 
 def test_two_processes_average_their_gradients(tmp_path, pairs):

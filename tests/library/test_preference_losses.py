@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from emplace.preference.losses import (asap, asymmetric, commonality, differential_crop_boxes, dpo, mask_dpo,
-                                       weighted_mean)
+from emplace.preference.losses import (METHODS, AutoBeta, asap, asymmetric, commonality, differential_crop_boxes, dpo,
+                                       error_ratios, gradient_factor, mask_dpo, outside_consistency, weighted_mean)
 
 
 def const(*values):
@@ -18,7 +18,7 @@ def test_dpo_matches_the_formula():
     # policy: winner 0.10, loser 0.30; reference: 0.20, 0.20 -> delta = -((0.10-0.20) - (0.30-0.20)) = 0.2
     out = dpo(const(0.10), const(0.30), const(0.20), const(0.20), beta=10.0)
     assert out.delta.item() == pytest.approx(0.2)
-    assert out.loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-10 / 2 * 0.2))))
+    assert out.loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-10 * 0.2))))  # beta on the margin itself
     assert out.accuracy.item() == 1.0
 
 
@@ -42,7 +42,7 @@ def test_mask_dpo_ignores_the_object_in_the_preference_and_keeps_it_by_denoising
     out = mask_dpo(e_w, const(0.3), const(0.2), const(0.2), obj, beta=10.0, lam=0.5)
     # background: winner 0.1 vs ref 0.2, loser 0.3 vs ref 0.2 -> delta 0.2; object term 0.5 * 9
     assert out.delta.item() == pytest.approx(0.2)
-    assert out.loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-1.0))) + 4.5)
+    assert out.loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-2.0))) + 4.5)
 
 
 def test_commonality_prefers_the_winners_mean():
@@ -72,3 +72,60 @@ def test_asymmetric_is_the_global_term_over_views_cropped_differently():
     assert a != b
     for x0, y0, x1, y1 in (a, b):
         assert 0 <= x0 < x1 <= 48 and 0 <= y0 < y1 <= 64 and (x1 - x0) >= 0.8 * 48 - 1
+
+
+def test_one_beta_convention_for_every_sigmoid_link():
+    """beta multiplies the margin in dpo's link and in asap's clipped sigmoid alike (diffusers' beta_dpo = 2 beta)."""
+    region = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
+    plain = dpo(const(0.1), const(0.3), const(0.2), const(0.2), beta=10.0)
+    clipped = asap(const(0.1), const(0.3), const(0.2), const(0.2), region, alpha=0.0, tau=10.0, link="sigmoid",
+                   beta=10.0)  # tau far above the margin: no clipping
+    assert clipped.loss.item() == pytest.approx(plain.loss.item())
+    assert gradient_factor(plain.delta, 10.0).item() == pytest.approx(1 / (1 + math.exp(10 * 0.2)))
+
+
+def test_the_preference_can_be_restricted_to_the_mask():
+    """Outside the mask the winner is much better than the reference; restricted to the mask that counts for nothing."""
+    mask = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]], dtype=torch.float64)
+    e_w = torch.tensor([[[[0.2, 0.2], [0.0, 0.0]]]], dtype=torch.float64)
+    regions = {"mask": mask, "object": mask}
+    settings = type("S", (), {"beta": 10.0, "lam": 0.0, "alpha": 10.0, "tau": 0.5, "link": "sigmoid"})()
+    args = (e_w[:, None], const(0.2), const(0.2)[:, None], const(0.2))
+    assert METHODS["dpo"].loss(*args, regions, settings).delta.item() == pytest.approx(0.1)
+    for name in ("dpo", "commonality", "asap"):
+        within = METHODS[name].loss(*args, regions | {"within": mask}, settings)
+        assert within.delta.item() == pytest.approx(0.0), name
+
+
+def test_the_consistency_anchor_counts_only_pixels_outside_the_mask():
+    mask = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    pred, ref = torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)
+    pred[..., 0, 0] = 5.0  # inside the mask: free
+    assert outside_consistency(pred, ref, mask).item() == 0.0
+    pred[..., 1, 1] = 3.0  # outside: (3^2) / 3 unmasked pixels
+    assert outside_consistency(pred, ref, mask).item() == pytest.approx(3.0)
+
+
+def test_error_ratios_split_inside_and_outside_the_mask():
+    mask = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
+    e_w = torch.tensor([[[[0.1, 0.1], [0.4, 0.4]]]])
+    ratios = error_ratios(e_w, const(0.2).float(), const(0.2).float(), const(0.2).float(), mask)
+    assert ratios["winner_in"].item() == pytest.approx(0.5) and ratios["winner_out"].item() == pytest.approx(2.0)
+    assert ratios["loser_in"].item() == pytest.approx(1.0) and ratios["loser_out"].item() == pytest.approx(1.0)
+
+
+def test_auto_beta_rises_while_pairs_are_unlearnt_falls_when_they_saturate_and_resumes():
+    up = AutoBeta(100.0, target=0.3)
+    for _ in range(10):
+        up.update(0.5)  # untrained: the factor is 1/2, above the target
+    assert up.beta > 100.0
+    down = AutoBeta(100.0, target=0.3)
+    down.update(0.05)  # saturated
+    assert down.beta < 100.0
+    again = AutoBeta(1.0, target=0.3)
+    again.load_state_dict(up.state_dict())
+    assert again.beta == up.beta
+    capped = AutoBeta(100.0, target=0.3, high=120.0)
+    for _ in range(100):
+        capped.update(0.5)
+    assert capped.beta == 120.0
