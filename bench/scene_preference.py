@@ -1,19 +1,37 @@
-"""The scene-world table: does each preference method make the toy model's insertions more plausible?
+"""The scene-world preference table with error bars, and the sweep that chooses the trainer's defaults.
 
-    python -m bench.scene_preference --out runs/scene_preference
+    python -m bench.scene_preference --out runs/scene_preference                  # the table
+    python -m bench.scene_preference --out runs/scene_preference --sweep          # the sweep
+    python -m bench.scene_preference --out runs/scene_preference --sweep --methods dpo --variants base-recipe lr5e-5
 
-1. `python -m trainer scenes preference` renders pairs at the toy model's 64 px (held-in seeds);
-2. `python -m trainer dpo` trains one LoRA per method on them, with the same settings;
-3. `python -m trainer demo --eval N --mask region` inpaints N held-out scenes (the mask covers the
-   object and its shadow, as in the pairs) without a LoRA and with each, and scores them.
-Writes table.md and results.json in --out. Every step is skipped when its output exists, so an
-interrupted run continues where it stopped.
+Data, made once in --out (every step is skipped when its output exists, so an interrupted run
+goes on where it stopped):
+- training pairs: `python -m trainer scenes preference` (--examples scenes at the toy model's
+  64 px, seed 0, two pairs each);
+- a held-out pair split (seed 7, never trained on): its implicit accuracy and error ratios are
+  in each run's work/eval.json;
+- validation scenes (held-out scenes of `demo --seed 1`) for the sweep, and evaluation scenes
+  (`demo --seed 0`, as `python -m trainer demo --eval N --mask region` scores) for the table.
+  The sweep never sees the evaluation scenes.
+
+The table: the base and each method with the trainer's defaults (plus --set overrides),
+trained with each of --seeds, each LoRA inpainting the same --eval scenes (the mask covers the
+object and its shadow, as in the pairs); per-scene verdicts are kept in each eval.json.
+Rates are mean ± std over the seeds; p-values are exact McNemar tests on the verdicts pooled
+over seeds (every seed's scenes against the base's on the same scenes, and against dpo's of
+the same seed).
+
+The sweep: each variant in SWEEP (overrides on the trainer's defaults) is trained with seed 0
+for each method, and scored on the validation scenes and the held-out pairs. A variant is
+eligible when its masked PSNR is within 0.5 dB and its "found" within 2 points of the base's
+on the validation scenes; the chosen one has the highest plausible rate among those.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -21,61 +39,206 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "emplace" / "defaults" / "toy_inpaint"
 METHODS = ["dpo", "mask-dpo", "asymmetric", "commonality", "asap"]
+EVALUATION_SEED, VALIDATION_SEED = 0, 1
+
+# The sweep's variants: overrides on the trainer's defaults (trainer/dpo.py DPOConfig). The first is
+# the recipe of the earlier README table (lr 5e-4 on every layer, no anchors).
+SWEEP: dict[str, dict] = {
+    "base-recipe": {"lr": 5e-4, "targets": "all"},
+    "lr5e-5": {"lr": 5e-5, "targets": "all", "warmup": 40},
+    "lr5e-5+anchors": {"lr": 5e-5, "targets": "all", "warmup": 40, "consistency": 1.0, "sft_weight": 1.0},
+    "lr5e-4+anchors": {"lr": 5e-4, "targets": "all", "warmup": 40, "consistency": 1.0, "sft_weight": 1.0},
+    "lr5e-4+strong-anchors": {"lr": 5e-4, "targets": "all", "warmup": 40, "consistency": 10.0, "sft_weight": 1.0},
+    "anchors+in-mask": {"lr": 5e-4, "targets": "all", "warmup": 40, "consistency": 1.0, "sft_weight": 1.0,
+                        "preference_region": "mask"},
+    "anchors+auto-beta": {"lr": 5e-4, "targets": "all", "warmup": 40, "consistency": 1.0, "sft_weight": 1.0,
+                          "beta_target": 0.3},
+    "anchors+judged-kinds": {"lr": 5e-4, "targets": "all", "warmup": 40, "consistency": 1.0, "sft_weight": 1.0,
+                             "loser_kinds": "floating,too_large,too_small,no_shadow"},
+    "anchors+low-noise": {"lr": 5e-4, "targets": "all", "warmup": 40, "consistency": 1.0, "sft_weight": 1.0,
+                          "timestep_high": 0.6},
+    "anchors+asap-tau0.1": {"lr": 5e-4, "targets": "all", "warmup": 40, "consistency": 1.0, "sft_weight": 1.0,
+                            "tau": 0.1},
+}
 
 
 def trainer(*args: str) -> None:
-    command = [sys.executable, "-m", "trainer", *args]
     print("$ python -m trainer", " ".join(args), flush=True)
-    subprocess.run(command, cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "trainer", *args], cwd=ROOT, check=True)
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def train_lora(folder: Path, settings: dict) -> Path:
+    """One trainer run (resumed when interrupted); returns the LoRA."""
+    lora = folder / "lora.safetensors"
+    if not lora.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        config = folder / "run.toml"
+        config.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in settings.items()))
+        resume = ["--resume"] if (folder / "work" / "checkpoints").is_dir() else []
+        trainer("dpo", "--config", str(config), *resume)
+    return lora
+
+
+class Scorer:
+    """Held-out scenes rendered once, inpainted by the toy model without or with a LoRA."""
+
+    def __init__(self, n: int, seed: int, steps: int, guidance: float):
+        from dataclasses import replace
+
+        from emplace.scenes.evaluate import HELD_OUT_SEED
+        from emplace.scenes.samples import insertion_examples
+        from trainer.loop import phase
+
+        with phase(f"rendering {n} held-out scenes (demo seed {seed})"):
+            examples = insertion_examples(n, HELD_OUT_SEED + seed, size=64)
+        self.examples = [replace(e, mask=e.region_mask()) for e in examples]
+        self.seed, self.steps, self.guidance = seed, steps, guidance
+
+    def __call__(self, lora: Path | None, path: Path) -> dict:
+        if path.is_file():
+            return json.loads(path.read_text())
+        from emplace.scenes.evaluate import evaluate_toy_inpainting, truth_scores
+        from emplace.toy_inpaint import ToyInpaintModel
+        from trainer.demo import lora_applied
+
+        model = ToyInpaintModel.load(TOY)
+        with lora_applied(model, lora, 1.0):
+            summary, _ = evaluate_toy_inpainting(model, self.examples, self.steps, self.guidance, seed=self.seed,
+                                                 desc=f"scoring {lora.parent.name if lora else 'the base'}")
+        summary |= {"truth": truth_scores(self.examples), "lora": str(lora) if lora else None, "seed": self.seed,
+                    "steps": self.steps, "guidance": self.guidance, "mask": "region"}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary))
+        return summary
+
+
+def common_settings(out: Path, folder: Path, method: str, seed: int, args) -> dict:
+    return {"model": str(TOY), "data": str(out / "pairs"), "heldout": str(out / "heldout_pairs"),
+            "output": str(folder / "lora.safetensors"), "work": str(folder / "work"), "method": method,
+            "steps": args.steps, "batch": args.batch, "seed": seed, "checkpoint_every": 100}
+
+
+def parse_sets(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def pct(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1%}"
+    return f"{statistics.mean(values):.1%} ± {statistics.stdev(values):.1%}"
+
+
+def db(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def pooled_p(runs: list[dict], against: list[dict], key: str) -> float:
+    from emplace.scenes.evaluate import mcnemar_p
+
+    a = [s[key] for r in runs for s in r["scenes"]]
+    b = [s[key] for r in against for s in r["scenes"]]
+    return mcnemar_p(a, b)
+
+
+def sweep(out: Path, args) -> None:
+    score = Scorer(args.validate, VALIDATION_SEED, args.sample_steps, args.guidance)
+    base = score(None, out / "sweep" / "base" / "validation.json")
+    rows = ["| method | variant | found | plausible | masked PSNR (dB) | held-out accuracy | winner error / "
+            "reference, outside the mask (held-out) | eligible |", "|---|---|---|---|---|---|---|---|",
+            f"| base | – | {base['found_rate']:.1%} | {base['plausible_rate']:.1%} | {base['masked_psnr']:.2f} | – | – | – |"]
+    chosen = {}
+    for method in args.methods:
+        best = None
+        for name in args.variants or SWEEP:
+            folder = out / "sweep" / method / name
+            settings = common_settings(out, folder, method, 0, args) | SWEEP[name]
+            r = score(train_lora(folder, settings), folder / "validation.json")
+            held = json.loads((folder / "work" / "eval.json").read_text())["heldout"]
+            ok = (r["masked_psnr"] >= base["masked_psnr"] - 0.5 and r["found_rate"] >= base["found_rate"] - 0.02)
+            rows.append(f"| {method} | {name} | {r['found_rate']:.1%} | {r['plausible_rate']:.1%} | "
+                        f"{r['masked_psnr']:.2f} | {held['accuracy']:.2f} | {held['winner_out']:.3f} | "
+                        f"{'yes' if ok else 'no'} |")
+            if ok and (best is None or r["plausible_rate"] > best[1]):
+                best = (name, r["plausible_rate"])
+        chosen[method] = best[0] if best else None
+    table = "\n".join(rows) + "\n\nchosen (highest plausible among the eligible): " + json.dumps(chosen)
+    (out / "sweep.md").write_text(table + "\n")
+    print(table)
+
+
+def table(out: Path, args) -> None:
+    score = Scorer(args.eval, EVALUATION_SEED, args.sample_steps, args.guidance)
+    base = score(None, out / "base" / "eval.json")
+    overrides = parse_sets(args.set)
+    results: dict[str, list[dict]] = {}
+    for method in args.methods:
+        for seed in args.seeds:
+            folder = out / method / f"seed{seed}"
+            lora = train_lora(folder, common_settings(out, folder, method, seed, args) | overrides)
+            r = score(lora, folder / "eval.json")
+            r["heldout"] = json.loads((folder / "work" / "eval.json").read_text())["heldout"]
+            results.setdefault(method, []).append(r)
+    truth = base["truth"]
+    rows = ["| model | prompted object found | judged plausible | masked PSNR (dB) | p plausible vs base | "
+            "p vs dpo | held-out implicit accuracy |", "|---|---|---|---|---|---|---|",
+            f"| base | {base['found_rate']:.1%} | {base['plausible_rate']:.1%} | {base['masked_psnr']:.2f} | – | – | – |"]
+    for method, runs in results.items():
+        vs_base = pooled_p(runs, [base] * len(runs), "plausible")
+        vs_dpo = (f"{pooled_p(runs, results['dpo'], 'plausible'):.3f}" if method != "dpo" and "dpo" in results
+                  and len(results["dpo"]) == len(runs) else "–")
+        acc = [r["heldout"]["accuracy"] for r in runs]
+        rows.append(f"| + {method} LoRA | {pct([r['found_rate'] for r in runs])} | "
+                    f"{pct([r['plausible_rate'] for r in runs])} | {db([r['masked_psnr'] for r in runs])} | "
+                    f"{vs_base:.3f} | {vs_dpo} | {statistics.mean(acc):.2f} |")
+    rows.append(f"| true renders (ceiling) | {truth['found_rate']:.1%} | {truth['plausible_rate']:.1%} | – | – | – | – |")
+    text = "\n".join(rows)
+    (out / "table.md").write_text(text + "\n")
+    (out / "results.json").write_text(json.dumps({"base": base, **results}))
+    print(text)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("runs/scene_preference"))
-    p.add_argument("--examples", type=int, default=800, help="scenes for pairs (two pairs each)")
+    p.add_argument("--examples", type=int, default=800, help="scenes for training pairs (two pairs each)")
+    p.add_argument("--heldout-examples", type=int, default=100, help="scenes for the held-out pair split")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--targets", default="all")
-    p.add_argument("--eval", type=int, default=200, help="held-out scenes")
-    p.add_argument("--methods", nargs="+", default=METHODS)
+    p.add_argument("--eval", type=int, default=500, help="evaluation scenes (the table)")
+    p.add_argument("--validate", type=int, default=200, help="validation scenes (the sweep)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (the table)")
+    p.add_argument("--sample-steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="table: trainer settings for every run")
+    p.add_argument("--sweep", action="store_true", help="run the sweep instead of the table")
+    p.add_argument("--variants", nargs="+", choices=list(SWEEP), help="sweep: only these variants")
     args = p.parse_args()
     out = args.out.resolve()
-    pairs = out / "pairs"
-    if not (pairs / "pairs.jsonl").is_file():
-        trainer("scenes", "preference", "--out", str(pairs), "--n", str(args.examples), "--size", "64", "--seed", "0")
-
-    results = {}
-    runs = [("base", None)] + [(m, out / m / "lora.safetensors") for m in args.methods]
-    for name, lora in runs:
-        if lora is not None and not lora.is_file():
-            config = out / name / "run.toml"
-            config.parent.mkdir(parents=True, exist_ok=True)
-            config.write_text(f'model = "{TOY}"\ndata = "{pairs}"\noutput = "{lora}"\nwork = "{out / name / "work"}"\n'
-                              f'method = "{name}"\nsteps = {args.steps}\nbatch = {args.batch}\nlr = {args.lr}\n'
-                              f'targets = "{args.targets}"\ncheckpoint_every = 100\nvalidation = 4\n')
-            trainer("dpo", "--config", str(config), *(["--resume", "latest"] if (config.parent / "work" / "checkpoints").
-                                                        is_dir() else []))
-        scored = out / name / "eval"
-        if not (scored / "eval.json").is_file():
-            trainer("demo", "--eval", str(args.eval), "--mask", "region", "--out", str(scored),
-                    *(["--lora", str(lora)] if lora else []))
-        results[name] = json.loads((scored / "eval.json").read_text())
-        if lora is not None:
-            results[name]["pairs"] = json.loads((out / name / "work" / "eval.json").read_text())
-
-    truth = results["base"]["truth"]
-    rows = ["| model | prompted object found | judged plausible | masked PSNR (dB) | pair accuracy (train) |",
-            "|---|---|---|---|---|"]
-    for name, r in results.items():
-        acc = f"{r['pairs']['accuracy']:.2f}" if "pairs" in r else "–"
-        rows.append(f"| {name if name == 'base' else f'base + {name} LoRA'} | {r['found_rate']:.1%} | "
-                    f"{r['plausible_rate']:.1%} | {r['masked_psnr']:.1f} | {acc} |")
-    rows.append(f"| true renders (ceiling) | {truth['found_rate']:.1%} | {truth['plausible_rate']:.1%} | – | – |")
-    table = "\n".join(rows)
-    (out / "table.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    print(table)
+    if not (out / "pairs" / "pairs.jsonl").is_file():
+        trainer("scenes", "preference", "--out", str(out / "pairs"), "--n", str(args.examples), "--size", "64",
+                "--seed", "0")
+    if not (out / "heldout_pairs" / "pairs.jsonl").is_file():
+        trainer("scenes", "preference", "--out", str(out / "heldout_pairs"), "--n", str(args.heldout_examples),
+                "--size", "64", "--seed", "7")
+    (sweep if args.sweep else table)(out, args)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=100, help="how many (per skill and split for layout)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=128, help="image size in pixels (64 to 256)")
+    p.add_argument("--loser-kinds", help="preference only: comma-separated loser kinds to draw from "
+                                         "(floating, too_large, too_small, no_shadow, blur, colour_shift, warp)")
     p.set_defaults(run=run)
 
 
@@ -26,8 +28,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--size must be between 64 and 256 pixels, got {args.size}")
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
+    options = {}
+    if args.loser_kinds is not None:
+        if args.kind != "preference":
+            raise ValueError(f"--loser-kinds applies to preference data only, not {args.kind}")
+        options["loser_kinds"] = tuple(k.strip() for k in args.loser_kinds.split(",") if k.strip())
     args.out.mkdir(parents=True, exist_ok=True)
-    summary = KINDS[args.kind].write(args.out, args.n, args.seed, args.size)
+    summary = KINDS[args.kind].write(args.out, args.n, args.seed, args.size, **options)
     (args.out / "summary.json").write_text(json.dumps({"kind": args.kind, "n": args.n, "seed": args.seed,
                                                        "size": args.size, **summary}, indent=1))
     print(f"wrote {args.kind} data to {args.out}: {summary}")

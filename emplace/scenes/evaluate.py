@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -41,11 +42,29 @@ def score_insertion(result: torch.Tensor, example: InsertionExample) -> Insertio
 
 
 def summarise(scores: list[InsertionScore]) -> dict:
+    """The rates and mean masked PSNR, and every scene's verdicts (so two models can be compared scene by
+    scene: `mcnemar_p`)."""
     n = len(scores)
     finite = [s.psnr for s in scores if s.psnr != float("inf")]
     return {"examples": n, "found_rate": sum(s.found for s in scores) / n,
             "plausible_rate": sum(s.plausible for s in scores) / n,
-            "masked_psnr": sum(finite) / len(finite) if finite else None}  # None: every result was exact
+            "masked_psnr": sum(finite) / len(finite) if finite else None,  # None: every result was exact
+            "scenes": [{"found": s.found, "plausible": s.plausible, "psnr": s.psnr if s.psnr != float("inf") else None}
+                       for s in scores]}
+
+
+def mcnemar_p(a: list[bool], b: list[bool]) -> float:
+    """Exact two-sided McNemar test of paired verdicts (the same scenes judged under two models): the
+    chance of a split of the discordant scenes at least this uneven if both models were equally good."""
+    if len(a) != len(b):
+        raise ValueError(f"paired verdicts need the same scenes: {len(a)} against {len(b)}")
+    only_a = sum(x and not y for x, y in zip(a, b))
+    only_b = sum(y and not x for x, y in zip(a, b))
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
 
 
 def evaluate_toy_inpainting(model, examples: list[InsertionExample], steps: int = 25, guidance: float = 3.0,

@@ -62,6 +62,19 @@ def test_preference_winner_and_loser_agree_outside_the_mask(tmp_path):
         assert len(r["winner"]) == 2 and r["prompt"]
 
 
+def test_preference_pairs_can_draw_only_chosen_loser_kinds(tmp_path):
+    run = lambda *extra: subprocess.run([sys.executable, "-m", "trainer", "scenes", *extra], cwd=ROOT,  # noqa: E731
+                                        capture_output=True, text=True, timeout=300)
+    r = run("preference", "--out", str(tmp_path / "p"), "--n", "3", "--size", "64", "--loser-kinds", "floating,no_shadow")
+    assert r.returncode == 0, r.stderr[-2000:]
+    kinds = {json.loads(line)["kind"] for line in open(tmp_path / "p" / "pairs.jsonl")}
+    assert kinds == {"floating", "no_shadow"}
+    r = run("preference", "--out", str(tmp_path / "q"), "--n", "3", "--loser-kinds", "floating,melted")
+    assert r.returncode == 2 and "loser kinds must be among floating" in r.stderr and "Traceback" not in r.stderr
+    r = run("removal", "--out", str(tmp_path / "r"), "--n", "3", "--loser-kinds", "floating")
+    assert r.returncode == 2 and "--loser-kinds applies to preference data only" in r.stderr
+
+
 def test_multiview_records_have_a_masked_target_view_and_references(tmp_path):
     out = scenes("multiview", tmp_path / "mv")
     for r in map(json.loads, open(out / "records.jsonl")):

@@ -67,3 +67,28 @@ def test_masked_psnr_and_ssim():
     assert masked_ssim(a, torch.rand_like(a), mask) < 0.5
     with pytest.raises(ValueError, match="mask is empty"):
         masked_psnr(a, b, torch.zeros(32, 32))
+
+
+def test_mcnemar_counts_only_the_scenes_the_two_models_disagree_on():
+    from emplace.scenes.evaluate import mcnemar_p
+
+    agree = [True] * 50 + [False] * 50
+    assert mcnemar_p(agree, agree) == 1.0
+    # 10 scenes only the first gets right, none only the second: p = 2 / 2^10
+    a = [True] * 10 + agree
+    b = [False] * 10 + agree
+    assert mcnemar_p(a, b) == pytest.approx(2 / 1024)
+    assert mcnemar_p(a, b) == mcnemar_p(b, a)
+    # 6 against 4 is no evidence
+    assert mcnemar_p([True] * 6 + [False] * 4, [False] * 6 + [True] * 4) > 0.5
+    with pytest.raises(ValueError, match="same scenes"):
+        mcnemar_p([True], [True, False])
+
+
+def test_the_summary_keeps_every_scenes_verdicts():
+    from emplace.scenes.evaluate import InsertionScore, summarise
+
+    summary = summarise([InsertionScore(True, False, 12.5, None), InsertionScore(False, False, float("inf"), None)])
+    assert summary["found_rate"] == 0.5 and summary["masked_psnr"] == 12.5
+    assert summary["scenes"] == [{"found": True, "plausible": False, "psnr": 12.5},
+                                 {"found": False, "plausible": False, "psnr": None}]

@@ -4,7 +4,8 @@ For a background, a prompt ("large red metal cube") and an inpaint mask, the win
 object rendered in place (resting, with its shadow). Losers are spatial hallucinations —
 the object rendered floating or 1.5x too large or small, or its pixels pasted with no
 shadow — and ASAP-style localized degradations of the object region (blur, colour shift,
-warp). Winner and loser are identical outside the mask, as two inpaintings of one input are.
+warp). `--loser-kinds` draws from a subset (e.g. only the kinds the plausibility judge
+measures: floating, too_large, too_small, no_shadow). Winner and loser are identical outside the mask, as two inpaintings of one input are.
 
     images/<id>_background.png, <id>_winner.png, <id>_winner2.png, <id>_<kind>.png, <id>_mask.png,
     <id>_object.png (the winner's object pixels, for MaskDPO's foreground)
@@ -31,7 +32,13 @@ RENDERED = ("floating", "too_large", "too_small")
 KINDS = RENDERED + ("no_shadow",) + tuple(LOCAL)
 
 
-def write(out: Path, n: int, seed: int, size: int = 128, losers_per_example: int = 2) -> dict:
+def write(out: Path, n: int, seed: int, size: int = 128, losers_per_example: int = 2,
+          loser_kinds: tuple[str, ...] = KINDS) -> dict:
+    """`loser_kinds`: the kinds of loser to draw from (all by default); each example gets up to
+    `losers_per_example` different ones."""
+    unknown = [k for k in loser_kinds if k not in KINDS]
+    if unknown or not loser_kinds:
+        raise ValueError(f"loser kinds must be among {', '.join(KINDS)}; got {', '.join(loser_kinds) or 'none'}")
     g = torch.Generator().manual_seed(seed + 17)
     rows = []
     examples = []
@@ -39,7 +46,7 @@ def write(out: Path, n: int, seed: int, size: int = 128, losers_per_example: int
         examples += insertion_examples(min(64, n - start), seed * 1_000_003 + start, size, min_side=size / 10)
     for k, e in enumerate(tqdm(examples, desc="preference: pairs", unit="example")):
         i = f"{k:06d}"
-        kinds = [KINDS[j] for j in torch.randperm(len(KINDS), generator=g)[:losers_per_example].tolist()]
+        kinds = [loser_kinds[j] for j in torch.randperm(len(loser_kinds), generator=g)[:losers_per_example].tolist()]
         base = e.scene.without(e.target.index)
         obj = e.scene.objects[e.target.index]
         variants = {kind: implausible_variant(g, obj, kind, base) for kind in kinds if kind in RENDERED}
