@@ -60,6 +60,9 @@ SWEEP: dict[str, dict] = {
     "anchors+asap-tau0.1": {"lr": 5e-4, "targets": "all", "warmup": 40, "consistency": 1.0, "sft_weight": 1.0,
                             "tau": 0.1},
 }
+# the gain per loser kind: the anchored recipe on pairs of one kind only
+KIND_VARIANTS = ("floating", "too_large", "too_small", "no_shadow", "blur", "colour_shift", "warp")
+SWEEP |= {f"only-{kind}": SWEEP["lr5e-4+anchors"] | {"loser_kinds": kind} for kind in KIND_VARIANTS}
 
 
 def trainer(*args: str) -> None:

@@ -1,3 +1,3 @@
 """Emplace: put objects where they belong. The library never imports ComfyUI."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

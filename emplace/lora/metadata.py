@@ -18,6 +18,10 @@ from ..families import Family, family_from_name
 PREFIX = "emplace."
 
 
+BETA_CONVENTION = "-log sigmoid(beta * margin), margin over per-pixel means (diffusers beta_dpo / 2)"
+"""What `beta` means in a LoRA of trainer 0.2.0 and later; 0.1.0 wrote beta with beta / 2 on the margin."""
+
+
 @dataclass(frozen=True)
 class TrainingRecord:
     method: str  # dpo, mask-dpo, asymmetric, commonality, asap, converted, extracted
@@ -46,6 +50,7 @@ def build_metadata(record: TrainingRecord) -> dict[str, str]:
     }
     if record.beta is not None:
         own["beta"] = _num(record.beta)
+        own["beta_convention"] = BETA_CONVENTION
     if record.steps is not None:
         own["steps"] = str(record.steps)
     meta = {PREFIX + k: v for k, v in own.items()}

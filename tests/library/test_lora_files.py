@@ -153,6 +153,7 @@ def test_saved_file_is_kohya_with_alpha_on_every_layer_and_metadata(tmp_path):
     assert {f"{layer}.alpha" for layer in layers} <= set(keys)
     meta = read_metadata(tmp_path / "out.safetensors")
     assert emplace_fields(meta)["method"] == "mask-dpo" and emplace_fields(meta)["beta"] == "2500"
+    assert "diffusers beta_dpo / 2" in emplace_fields(meta)["beta_convention"]
     assert meta["ss_network_dim"] == "4" and meta["ss_base_model_version"] == "sd_v1"
     assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
     assert "method: mask-dpo" in describe_metadata(meta)
