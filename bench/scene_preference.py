@@ -43,26 +43,26 @@ EVALUATION_SEED, VALIDATION_SEED = 0, 1
 
 # The sweep's variants: overrides on the trainer's defaults (trainer/dpo.py DPOConfig). The first is
 # the recipe of the earlier README table (lr 5e-4 on every layer, no anchors).
+ANCHORED = {"lr": 5e-4, "targets": "all", "warmup": 40, "consistency": 300.0, "sft_weight": 300.0}
+"""Anchors on the scale of the preference term: its gradient is beta * sigmoid(-beta * margin) (about
+1250 * 0.25) times the gradient of a per-pixel mean error, so an anchor of weight 1 is ~300x weaker."""
 SWEEP: dict[str, dict] = {
     "base-recipe": {"lr": 5e-4, "targets": "all"},
+    "sft-only": {"lr": 5e-4, "targets": "all", "warmup": 40, "beta": 0.0, "sft_weight": 1.0},
+    "lr5e-4+anchors1": {"lr": 5e-4, "targets": "all", "warmup": 40, "consistency": 1.0, "sft_weight": 1.0},
+    "anchored": ANCHORED,
     "lr5e-5": {"lr": 5e-5, "targets": "all", "warmup": 40},
-    "lr5e-5+anchors": {"lr": 5e-5, "targets": "all", "warmup": 40, "consistency": 1.0, "sft_weight": 1.0},
-    "lr5e-4+anchors": {"lr": 5e-4, "targets": "all", "warmup": 40, "consistency": 1.0, "sft_weight": 1.0},
-    "lr5e-4+strong-anchors": {"lr": 5e-4, "targets": "all", "warmup": 40, "consistency": 10.0, "sft_weight": 1.0},
-    "anchors+in-mask": {"lr": 5e-4, "targets": "all", "warmup": 40, "consistency": 1.0, "sft_weight": 1.0,
-                        "preference_region": "mask"},
-    "anchors+auto-beta": {"lr": 5e-4, "targets": "all", "warmup": 40, "consistency": 1.0, "sft_weight": 1.0,
-                          "beta_target": 0.3},
-    "anchors+judged-kinds": {"lr": 5e-4, "targets": "all", "warmup": 40, "consistency": 1.0, "sft_weight": 1.0,
-                             "loser_kinds": "floating,too_large,too_small,no_shadow"},
-    "anchors+low-noise": {"lr": 5e-4, "targets": "all", "warmup": 40, "consistency": 1.0, "sft_weight": 1.0,
-                          "timestep_high": 0.6},
-    "anchors+asap-tau0.1": {"lr": 5e-4, "targets": "all", "warmup": 40, "consistency": 1.0, "sft_weight": 1.0,
-                            "tau": 0.1},
+    "lr5e-5+anchored": ANCHORED | {"lr": 5e-5},
+    "anchored-consistency-only": ANCHORED | {"sft_weight": 0.0},
+    "anchored+in-mask": ANCHORED | {"preference_region": "mask"},
+    "anchored+judged-kinds": ANCHORED | {"loser_kinds": "floating,too_large,too_small,no_shadow"},
+    "anchored+auto-beta": ANCHORED | {"beta_target": 0.3},
+    "anchored+low-noise": ANCHORED | {"timestep_high": 0.6},
+    "anchored+asap-sigmoid-tau0.1": ANCHORED | {"link": "sigmoid", "tau": 0.1},
 }
 # the gain per loser kind: the anchored recipe on pairs of one kind only
 KIND_VARIANTS = ("floating", "too_large", "too_small", "no_shadow", "blur", "colour_shift", "warp")
-SWEEP |= {f"only-{kind}": SWEEP["lr5e-4+anchors"] | {"loser_kinds": kind} for kind in KIND_VARIANTS}
+SWEEP |= {f"only-{kind}": ANCHORED | {"loser_kinds": kind} for kind in KIND_VARIANTS}
 
 
 def trainer(*args: str) -> None:
