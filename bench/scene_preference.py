@@ -54,6 +54,7 @@ SWEEP: dict[str, dict] = {
     "lr5e-5": {"lr": 5e-5, "targets": "all", "warmup": 40},
     "lr5e-5+anchored": ANCHORED | {"lr": 5e-5},
     "anchored-consistency-only": ANCHORED | {"sft_weight": 0.0},
+    "anchored+attention-only": ANCHORED | {"targets": "attention"},
     "anchored+in-mask": ANCHORED | {"preference_region": "mask"},
     "anchored+judged-kinds": ANCHORED | {"loser_kinds": "floating,too_large,too_small,no_shadow"},
     "anchored+auto-beta": ANCHORED | {"beta_target": 0.3},

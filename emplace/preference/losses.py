@@ -36,6 +36,9 @@ prediction where they agree):
   sample of the batch (weight `consistency` in the trainer);
 - the winner's plain denoising loss E(e_w) (`sft_weight`);
 - the preference restricted to the mask: every method's weight map multiplied by M.
+The preference term's gradient is beta * sigmoid(-beta * delta) times that of a per-pixel
+mean error (about 1250 * 0.25 at the default beta), so an anchor weighs the same as the
+preference at a weight in the hundreds, not at 1.
 
 Methods (the seeds leave details open; what was chosen is written here):
 - `dpo`: W = 1, sigmoid link. The implicit accuracy is the share of samples with delta > 0.
