@@ -47,11 +47,11 @@ ANCHORED = {"lr": 5e-4, "targets": "all", "warmup": 40, "consistency": 300.0, "s
 """Anchors on the scale of the preference term: its gradient is beta * sigmoid(-beta * margin) (about
 1250 * 0.25) times the gradient of a per-pixel mean error, so an anchor of weight 1 is ~300x weaker."""
 SWEEP: dict[str, dict] = {
-    "base-recipe": {"lr": 5e-4, "targets": "all"},
-    "sft-only": {"lr": 5e-4, "targets": "all", "warmup": 40, "beta": 0.0, "sft_weight": 1.0},
+    "base-recipe": {"lr": 5e-4, "targets": "all", "consistency": 0.0},
+    "sft-only": {"lr": 5e-4, "targets": "all", "warmup": 40, "beta": 0.0, "sft_weight": 1.0, "consistency": 0.0},
     "lr5e-4+anchors1": {"lr": 5e-4, "targets": "all", "warmup": 40, "consistency": 1.0, "sft_weight": 1.0},
     "anchored": ANCHORED,
-    "lr5e-5": {"lr": 5e-5, "targets": "all", "warmup": 40},
+    "lr5e-5": {"lr": 5e-5, "targets": "all", "warmup": 40, "consistency": 0.0},
     "lr5e-5+anchored": ANCHORED | {"lr": 5e-5},
     "anchored-consistency-only": ANCHORED | {"sft_weight": 0.0},
     "anchored+attention-only": ANCHORED | {"targets": "attention"},

@@ -42,8 +42,9 @@ class DPOConfig(TrainingConfig):
                                   "sigmoid link: -log sigmoid(beta * margin); diffusers' --beta_dpo / 2", low=0.0)
     beta_target: float = setting(0.0, "automatic beta: hold the batch mean of sigmoid(-beta * margin) near this "
                                       "(e.g. 0.3; 0: beta stays fixed)", low=0.0, high=0.49)
-    consistency: float = setting(0.0, "anchor: weight of E over the unmasked pixels of (policy - reference "
-                                      "prediction)^2", low=0.0)
+    consistency: float = setting(300.0, "anchor: weight of E over the unmasked pixels of (policy - reference "
+                                        "prediction)^2 (the scene-world table's winner; nothing where there is no "
+                                        "mask and winner and loser differ everywhere)", low=0.0)
     sft_weight: float = setting(0.0, "anchor: weight of the winner's plain denoising loss", low=0.0)
     preference_region: str = setting("image", "where the preference term is measured (mask: inside the inpaint "
                                               "mask only)", choices=("image", "mask"))
