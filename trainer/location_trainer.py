@@ -285,18 +285,37 @@ def _scene_records(data: Path) -> dict:
     return load_scene_records(data)
 
 
-def top1_plausible(model, examples, records: dict, temperature: float, seed: int, n: int = 20) -> float:
-    """The share of test backgrounds whose most likely of n proposals the scene world judges plausible."""
+def top1_verdicts(model, examples, records: dict, temperature: float = 1.0, seed: int = 0, n: int = 20,
+                  reference=None) -> list[bool]:
+    """Per test background: does the scene world judge the top-1 of n proposals plausible? Ranked by the
+    model's likelihood, or, given the reference (pretrained) model, by DPO's implicit reward of each box,
+    log p(box) - log ref(box): what DPO raised on plausible boxes rather than what is likeliest."""
     from emplace.location.sample import propose
+    from emplace.location.tokens import boxes_to_tokens
     from emplace.scenes.placement_judge import judge_box
 
     from tqdm import tqdm
 
-    good = 0
+    verdicts = []
     for e in tqdm(examples, desc="top-1 proposals judged by the scene world", unit="image", leave=False):
-        best = propose(model, e.image(), e.category, n, temperature=temperature, seed=seed).boxes[0]
-        good += judge_box(records[e.image_path.stem], e.category, best.tolist())  # bg_id
-    return good / max(1, len(examples))
+        image = e.image()
+        proposals = propose(model, image, e.category, n, temperature=temperature, seed=seed)
+        best = proposals.boxes[0]
+        if reference is not None:
+            samples = proposals.samples
+            tokens = boxes_to_tokens(samples, image.shape[-1], image.shape[-2], model.config.bins)
+            batch, labels = image[None].expand(len(tokens), -1, -1, -1), [e.category] * len(tokens)
+            with torch.no_grad():
+                reward = model.log_prob(batch, labels, tokens) - reference.log_prob(batch, labels, tokens)
+            best = samples[int(reward.argmax())]
+        verdicts.append(judge_box(records[e.image_path.stem], e.category, best.tolist()))  # bg_id
+    return verdicts
+
+
+def top1_plausible(model, examples, records: dict, temperature: float, seed: int, n: int = 20) -> float:
+    """The share of test backgrounds whose most likely of n proposals the scene world judges plausible."""
+    verdicts = top1_verdicts(model, examples, records, temperature, seed, n)
+    return sum(verdicts) / max(1, len(verdicts))
 
 
 def run_eval(args) -> int:
