@@ -98,6 +98,36 @@ def test_eval_writes_the_curves_and_judges_top_proposals(data, pretrained, tmp_p
     assert "top-1 plausible" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_top1_by_reward_takes_the_box_dpo_raised_most_over_the_reference(data, pretrained, monkeypatch):
+    """Ranking by DPO's implicit reward picks, among the same samples, the box whose log-likelihood rose most
+    over the reference's, not the likeliest one; one verdict per background either way."""
+    import emplace.scenes.placement_judge as judge
+    from emplace.location.model import load_location_model
+    from emplace.location.sample import propose
+    from emplace.location.tokens import boxes_to_tokens
+    from trainer.location_trainer import _scene_records, load_examples, top1_verdicts
+
+    policy, reference = load_location_model(pretrained), load_location_model(pretrained)
+    with torch.no_grad():  # a reference that dislikes the left half of the image: the reward favours it
+        reference.head.bias[: reference.config.bins // 2] -= 3.0
+    examples = [e for e in load_examples(data, "test") if len(e.positives) or len(e.negatives)][:3]
+    chosen = []
+    monkeypatch.setattr(judge, "judge_box", lambda record, category, box: chosen.append(box) or True)
+    assert top1_verdicts(policy, examples, _scene_records(data), seed=3) == [True] * len(examples)
+    likeliest = chosen[:]
+    chosen.clear()
+    assert top1_verdicts(policy, examples, _scene_records(data), seed=3, reference=reference) == [True] * len(examples)
+    for e, box, top in zip(examples, chosen, likeliest):
+        samples = propose(policy, e.image(), e.category, 20, seed=3).samples
+        tokens = boxes_to_tokens(samples, *e.size, policy.config.bins)
+        images, labels = e.image()[None].expand(len(tokens), -1, -1, -1), [e.category] * len(tokens)
+        with torch.no_grad():
+            reward = policy.log_prob(images, labels, tokens) - reference.log_prob(images, labels, tokens)
+        assert box == samples[int(reward.argmax())].tolist()
+    assert chosen != likeliest
+
+
 def test_bad_data_is_one_clear_line(tmp_path, capsys):
     (tmp_path / "train_set.csv").write_text("fg_id,bg_id,position,scale,label,img_name,mask_name\n"
                                             "1,2,[1, 2, 3],0.1,1,a.jpg,b.jpg\n")
