@@ -76,7 +76,8 @@ class BoxDPOConfig(LocationTrainingConfig):
     steps: int = setting(600, "optimisation steps", low=0)
     lr: float = setting(5e-5, "peak learning rate", low=0.0)
     beta: float = setting(0.5, "-log sigmoid(beta * margin), margin over whole-box log-likelihoods", low=0.0)
-    nll_weight: float = setting(0.0, "weight of the winner's likelihood term", low=0.0)
+    nll_weight: float = setting(0.25, "weight of the winner's likelihood term (0.25: the top-1 sweep's choice, "
+                                      "bench/location_top1.py)", low=0.0)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -342,12 +343,17 @@ def run_default(args) -> int:
 
     began = time.time()
     work, data = args.work, args.work / "data"
-    if not (data / "test_set.csv").is_file():
+    reused = []  # steps skipped because their output was already in --work (training.json says so)
+    if (data / "test_set.csv").is_file():
+        reused.append("data")
+    else:
         data.mkdir(parents=True, exist_ok=True)
         print(KINDS["location"].write(data, args.n, args.seed, 64))  # the encoder sees 64 px anyway
     fresh = argparse.Namespace(resume=None)
     pre = work / "pretrain.safetensors"
-    if not pre.is_file():
+    if pre.is_file():
+        reused.append("pretrain")
+    else:
         run_pretrain(fresh, PretrainConfig(data=data, out=pre, work=work / "pretrain", steps=args.pretrain_steps,
                                            seed=args.seed, patch=16))
     dpo = work / "dpo.safetensors"
@@ -361,7 +367,7 @@ def run_default(args) -> int:
     (args.out / "training.json").write_text(json.dumps({
         "command": f"python -m trainer location default --n {args.n} --pretrain-steps {args.pretrain_steps} "
                    f"--dpo-steps {args.dpo_steps} --seed {args.seed}",
-        "minutes": round((time.time() - began) / 60, 1),
+        "minutes": round((time.time() - began) / 60, 1), "reused": reused,
         "top1_plausible": {k: summary[k].get("top1_plausible") for k in ("pretrain", "dpo")},
         "comparison": summary.get("comparison")}, indent=1))
     print(f"embedded default written to {args.out} in {(time.time() - began) / 60:.1f} min")
