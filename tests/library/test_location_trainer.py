@@ -118,7 +118,7 @@ def test_top1_by_reward_takes_the_box_dpo_raised_most_over_the_reference(data, p
     likeliest = chosen[:]
     chosen.clear()
     assert top1_verdicts(policy, examples, _scene_records(data), seed=3, reference=reference) == [True] * len(examples)
-    for e, box, top in zip(examples, chosen, likeliest):
+    for e, box in zip(examples, chosen):
         samples = propose(policy, e.image(), e.category, 20, seed=3).samples
         tokens = boxes_to_tokens(samples, *e.size, policy.config.bins)
         images, labels = e.image()[None].expand(len(tokens), -1, -1, -1), [e.category] * len(tokens)
