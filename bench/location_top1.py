@@ -41,8 +41,6 @@ NS = (10, 20, 50, 100)
 
 
 def train(work: Path, folder: Path, seed: int, overrides: dict) -> Path:
-    import argparse as ap
-
     from trainer.location_trainer import BoxDPOConfig, run_dpo
 
     out = folder / "dpo.safetensors"
@@ -51,7 +49,7 @@ def train(work: Path, folder: Path, seed: int, overrides: dict) -> Path:
         config = BoxDPOConfig(data=work / "data", init=work / "pretrain.safetensors", out=out, work=folder / "work",
                               seed=seed, **settings)
         config.validate()
-        run_dpo(ap.Namespace(resume=None), config)
+        run_dpo(argparse.Namespace(resume=None), config)
     return out
 
 
