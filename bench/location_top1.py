@@ -4,9 +4,9 @@
     python -m bench.location_top1 --work runs/location_default --out runs/location_top1 --sweep
     python -m bench.location_top1 --work runs/location_default --out runs/location_top1 --variant NAME
 
-A user takes the likeliest proposal. The embedded default's DPO finds more plausible boxes at every
-FPR but its likeliest box was judged plausible less often than the pretrained model's (66.3 % vs
-70.3 %). Candidates: the winner-likelihood term (`nll_weight`), beta, steps, and ranking the samples
+A user takes the likeliest proposal. DPO without the winner-likelihood term found more plausible
+boxes at every FPR, but its likeliest box was judged plausible less often than the pretrained
+model's (66.3 % vs 70.3 %, one seed). Candidates: the winner-likelihood term (`nll_weight`), beta, steps, and ranking the samples
 by DPO's implicit reward (log p - log ref) instead of the likelihood.
 
 The sweep: each variant in VARIANTS is trained with seed 0 from the same pretrained model and
