@@ -1,9 +1,16 @@
-"""python -m trainer toy-inpaint: train the scene world's toy inpainting model (the embedded default).
+"""python -m trainer toy-inpaint: train the scene world's toy inpainting models (the embedded defaults).
 
-Render the data once (cached), build the model, then, on the trainer's one skeleton
-(trainer/loop.py): noise -> timestep -> v-prediction -> loss weighted towards the masked
-region, with an exponential moving average of the weights. Stops at --steps or --minutes,
-whichever comes first, and writes the averaged weights.
+Render the data once (cached), build the model (or start from --init), then, on the trainer's
+one skeleton (trainer/loop.py): noise -> timestep -> v-prediction -> loss weighted towards the
+masked region, with an exponential moving average of the weights. Stops at --steps or
+--minutes, whichever comes first, and writes the averaged weights.
+
+Tasks:
+- insert: paint an object into a rendered scene (the inpainting model, `toy_inpaint`);
+- layout: IterInpaint's two tasks from a blank canvas (seed 003) besides insertion: the
+  foreground task paints one object's box (sometimes two or three at once) on a grey canvas
+  that holds some of the other objects already, and the background task paints everything
+  outside the objects' boxes (`toy_layout`, layout-to-image).
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ from .config import TrainingConfig, add_config_arguments, config_from_args, sett
 from .loop import Run, batch_indices, phase, start
 from .loop import train as train_loop
 
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "emplace" / "defaults" / "toy_inpaint"
+DEFAULTS = Path(__file__).resolve().parents[1] / "emplace" / "defaults"
+DEFAULT_OUT = DEFAULTS / "toy_inpaint"
 COMPLETE_PROMPT = "complete the image"
+LAYOUT_SHARES = {"insert": 0.3, "foreground": 0.45, "background": 0.25}  # IterInpaint trains both passes
 
 
 @dataclass(kw_only=True)
@@ -39,6 +48,9 @@ class ToyInpaintConfig(TrainingConfig):
     warmup: int = setting(200, "linear warm-up steps (at most a tenth of the run)", low=0)
     log_every: int = setting(20, "steps between TensorBoard points", low=1)
     ema: float = setting(0.999, "the written weights are this exponential moving average", low=0.0, high=1.0)
+    tasks: str = setting("insert", "insert: objects into rendered scenes; layout: also IterInpaint's foreground and "
+                                   "background passes on a blank canvas", choices=("insert", "layout"))
+    init: Path | None = setting(None, "start from this toy model folder's weights (e.g. emplace/defaults/toy_inpaint)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -86,6 +98,73 @@ def batch_of(data: dict, idx: list[int], g: torch.Generator) -> tuple[torch.Tens
     return images, backgrounds, masks, prompts
 
 
+def layout_data(work: Path, n: int, seed: int, size: int) -> dict:
+    """Rendered once and cached: in-distribution layouts (1-4 objects, all visible) with every object's box."""
+    path = work / f"layouts-{n}-{seed}-{size}.safetensors"
+    if path.is_file():
+        tensors, meta = load_safetensors(path, "layout data cache")
+        return {**tensors, "prompts": json.loads(meta["prompts"])}
+    from tqdm import tqdm
+
+    from emplace.scenes.datasets.layout import layouts
+
+    g = torch.Generator().manual_seed(seed * 100_003 + 17)
+    images, boxes, prompts = [], torch.full((n, MAX_OBJECTS, 4), -1.0), []
+    for i, (_, _, image, objs) in enumerate(tqdm(layouts(n, "number", "id", g, size), total=n,
+                                                 desc="rendering training layouts", unit="layout")):
+        images.append(image)
+        boxes[i, : len(objs)] = torch.tensor([a.box.xyxy for a in objs])
+        prompts.append([a.prompt for a in objs])
+    data = {"images": (torch.stack(images) * 255).round().to(torch.uint8), "boxes": boxes}
+    save_safetensors(path, data, {"prompts": json.dumps(prompts)})
+    return {**data, "prompts": prompts}
+
+
+MAX_OBJECTS = 4  # the in-distribution layouts' most objects
+
+
+def layout_example(image: torch.Tensor, boxes: torch.Tensor, prompts: list[str], task: str,
+                   g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """One IterInpaint training example from a layout: (target, canvas, mask, prompt).
+
+    foreground: a random subset of the objects is already on the grey canvas (their grown boxes
+    pasted from the render) and one more (30 %: two or three) is to be painted in its box;
+    background: every object is on the canvas and the rest is to be painted.
+    """
+    from emplace.boxes import Box, box_mask
+    from emplace.inpaint.plan import BLANK_CANVAS_BACKGROUND, BLANK_CANVAS_GREY, OBJECT_TEMPLATE
+
+    size = image.shape[-1]
+    masks = [box_mask(Box(*b.tolist()), size, size, grow=2) for b in boxes[: len(prompts)]]
+    order = torch.randperm(len(prompts), generator=g).tolist()
+    if task == "background":
+        painted, targets = order, []
+    else:
+        k = int(torch.randint(len(order), (), generator=g))
+        several = float(torch.rand((), generator=g)) < 0.3
+        m = 1 + int(torch.randint(2, (), generator=g)) if several else 1
+        painted, targets = order[:k], order[k:k + m]
+    canvas = torch.full_like(image, BLANK_CANVAS_GREY)
+    for j in painted:
+        canvas = torch.where(masks[j].bool(), image, canvas)
+    if task == "background":
+        mask = 1 - torch.stack(masks).amax(0)
+        prompt = BLANK_CANVAS_BACKGROUND
+    else:
+        mask = torch.stack([masks[j] for j in targets]).amax(0)
+        prompt = OBJECT_TEMPLATE.replace("{prompt}", " and ".join(prompts[j] for j in targets))
+    return torch.where(mask.bool(), image, canvas), canvas, mask, prompt
+
+
+def layout_batch(data: dict, idx: list[int], tasks: list[str], g: torch.Generator) -> tuple[torch.Tensor, ...]:
+    examples = []
+    for i, task in zip(idx, tasks):
+        image = data["images"][i].float() / 255
+        examples.append(layout_example(image, data["boxes"][i], data["prompts"][i], task, g))
+    target, canvas, mask, prompts = zip(*examples)
+    return torch.stack(target), torch.stack(canvas), torch.stack(mask), list(prompts)
+
+
 class ExponentialAverage(torch.nn.Module):
     """A running average of some modules' weights, updated after each optimizer step."""
 
@@ -113,7 +192,14 @@ def train(config: ToyInpaintConfig, resume: bool = False) -> int:
     accelerator = start(config)
     toy = ToyConfig()
     data = training_data(config.work, config.samples, config.seed, toy.image_size)
-    model = ToyInpaintModel.create(words(), toy, seed=config.seed)
+    layout = layout_data(config.work, config.samples, config.seed, toy.image_size) if config.tasks == "layout" else None
+    if config.init is not None:
+        with phase(f"loading the starting weights from {config.init}"):
+            model = ToyInpaintModel.load(config.init)
+        toy = model.config
+        model.unet.train(), model.text_encoder.train()
+    else:
+        model = ToyInpaintModel.create(words(), toy, seed=config.seed)
     modules = torch.nn.ModuleDict({"unet": model.unet, "text_encoder": model.text_encoder}).to(accelerator.device)
     ema = ExponentialAverage(dict(modules.items()), config.ema)
     # single-process by design (a 4M-parameter model); the optimizer is prepared for mixed precision
@@ -124,8 +210,19 @@ def train(config: ToyInpaintConfig, resume: bool = False) -> int:
     def step(index: int) -> dict[str, torch.Tensor]:
         g = torch.Generator().manual_seed(config.seed * 1_000_003 + index)  # the step's draws, the same on resume
         idx = batch_indices(index, n, config.batch, config.seed, 0, 1)
-        images, backgrounds, masks, prompts = (x.to(accelerator.device) if torch.is_tensor(x) else x
-                                               for x in batch_of(data, idx, g))
+        images, backgrounds, masks, prompts = batch_of(data, idx, g)
+        if layout is not None:  # the insertion examples' places go to the layout tasks by the shares
+            draws = torch.rand(len(idx), generator=g).tolist()
+            shares = LAYOUT_SHARES["insert"], LAYOUT_SHARES["insert"] + LAYOUT_SHARES["foreground"]
+            tasks = ["insert" if r < shares[0] else "foreground" if r < shares[1] else "background" for r in draws]
+            chosen = [j for j, t in enumerate(tasks) if t != "insert"]
+            if chosen:
+                picks = batch_indices(index, layout["images"].shape[0], config.batch, config.seed + 1, 0, 1)
+                lt, lc, lm, lp = layout_batch(layout, [picks[j] for j in chosen], [tasks[j] for j in chosen], g)
+                images[chosen], backgrounds[chosen], masks[chosen] = lt, lc, lm
+                for j, p in zip(chosen, lp):
+                    prompts[j] = "" if prompts[j] == "" else p  # the 10 % unconditional draw stands
+        images, backgrounds, masks = (x.to(accelerator.device) for x in (images, backgrounds, masks))
         x0 = model.to_model_space(images)
         noise = torch.randn(x0.shape, generator=g).to(x0)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g).to(x0.device)
@@ -147,9 +244,12 @@ def train(config: ToyInpaintConfig, resume: bool = False) -> int:
         model.save(config.out)
         (config.out / "training.json").write_text(json.dumps({
             "steps": steps_done, "batch": config.batch, "samples": config.samples, "lr": config.lr,
-            "seed": config.seed, "last_loss": last_loss,
+            "seed": config.seed, "tasks": config.tasks, "last_loss": last_loss,
+            "init": str(config.init) if config.init else None,
             "command": f"python -m trainer toy-inpaint --samples {config.samples} --minutes {config.minutes} "
-                       f"--seed {config.seed}",
+                       f"--seed {config.seed} --tasks {config.tasks}"
+                       + (f" --init {config.init} --lr {config.lr} --warmup {config.warmup} --out {config.out}"
+                          if config.init else ""),
         }, indent=1))
     print(f"wrote {config.out} after {steps_done} steps, last loss {last_loss:.4f}")
     return 0

@@ -21,6 +21,7 @@ from . import stitch
 ORDERS = ("given", "random", "top-down", "bottom-up", "largest-first")
 OBJECT_TEMPLATE = "Add {prompt}"  # IterInpaint's "Add {label}" when a box has no prompt of its own
 BLANK_CANVAS_BACKGROUND = "Add gray background"  # IterInpaint's background pass on a layout canvas
+BLANK_CANVAS_GREY = 0.5  # the blank canvas the toy layout model learnt to paint on
 IMAGE_BACKGROUND = "Complete the image"  # for a canvas that is already a picture
 SEED_RANGE = 2**64  # ComfyUI's seeds are unsigned 64-bit
 

@@ -103,6 +103,21 @@ def test_the_background_pass_and_no_boxes(comfy, tiny):
     assert torch.equal(same, image) and none_painted.max() == 0
 
 
+def test_layout_to_image_from_a_blank_canvas_keeps_each_object_through_the_background_pass(comfy, tiny):
+    empty_image = comfy.node["EmptyImage"]()  # core's blank canvas (a V1 node)
+    (blank,) = getattr(empty_image, empty_image.FUNCTION)(width=72, height=64, batch_size=1, color=0x808080)
+    (boxes,) = run_node(comfy, "EmplaceBoxes", spec="red cube: 4 4 28 30\nblue sphere: 40 24 68 60", width=72, height=64)
+    out, painted, steps = inpaint(comfy, tiny, tiny.model, boxes, blank, background_pass=True, feather=0,
+                                  colour_match=False)
+    assert steps.shape[0] == 3 and painted.min() == 1  # two objects, then everything else
+    objects = steps[1]  # the canvas after both objects
+    grown = torch.zeros(64, 72, dtype=torch.bool)
+    grown[2:32, 2:30] = grown[22:62, 38:70] = True  # the boxes grown by 2 px
+    assert torch.equal(out[0][grown], objects[grown])  # the background pass leaves the objects bit for bit
+    assert (objects[~grown] == blank[0][~grown]).all()  # ... and the object passes left the rest blank
+    assert (out[0][~grown] - blank[0][~grown]).abs().mean() > 0.02  # which the background pass painted
+
+
 def test_boxes_for_another_image_size_are_refused(comfy, tiny):
     (boxes,) = run_node(comfy, "EmplaceBoxes", spec="a: 4 4 28 30", width=128, height=128)
     with pytest.raises(ValueError, match="made for a 128x128 image, but the image is 72x64"):

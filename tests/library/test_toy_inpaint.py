@@ -35,19 +35,49 @@ def test_training_writes_a_loadable_model_and_resumes_exactly(tmp_path):
 
     def train(name, *extra):
         r = subprocess.run([sys.executable, "-m", "trainer", "toy-inpaint", "--out", str(tmp_path / name),
-                            "--work", str(tmp_path / f"{name}_work"), "--samples", "16", "--batch", "4",
+                            "--work", str(tmp_path / "work"), "--samples", "16", "--batch", "4", "--tasks", "layout",
                             "--checkpoint-every", "2", *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
         return r.stdout
 
-    assert "after 4 steps" in train("straight", "--steps", "4")
-    assert "after 2 steps" in train("resumed", "--steps", "2")
-    assert "resumed from" in train("resumed", "--steps", "4", "--resume")
+    def weights(name):
+        return load_safetensors(tmp_path / name / "unet/diffusion_pytorch_model.safetensors")[0]
+
+    assert "after 4 steps" in train("straight", "--steps", "4", "--work", str(tmp_path / "straight_work"))
+    assert "after 2 steps" in train("resumed", "--steps", "2", "--work", str(tmp_path / "resumed_work"))
+    assert "resumed from" in train("resumed", "--steps", "4", "--resume", "--work", str(tmp_path / "resumed_work"))
     ToyInpaintModel.load(tmp_path / "resumed")
-    weights = "unet/diffusion_pytorch_model.safetensors"
-    a, _ = load_safetensors(tmp_path / "straight" / weights)
-    b, _ = load_safetensors(tmp_path / "resumed" / weights)
+    a, b = weights("straight"), weights("resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)  # the averaged weights too
+    # --init starts from a model's weights: no steps give that model back, and steps move away from it
+    train("copied", "--init", str(tmp_path / "straight"), "--steps", "0", "--work", str(tmp_path / "copied_work"))
+    train("tuned", "--init", str(tmp_path / "straight"), "--steps", "2", "--work", str(tmp_path / "tuned_work"))
+    c, d = weights("copied"), weights("tuned")
+    assert all(torch.equal(a[k], c[k]) for k in a) and not all(torch.equal(a[k], d[k]) for k in a)
+
+
+def test_the_layout_tasks_paint_one_box_on_a_partial_canvas_or_everything_around_the_objects():
+    from emplace.boxes import Box, box_mask
+    from emplace.inpaint.plan import BLANK_CANVAS_BACKGROUND, BLANK_CANVAS_GREY
+    from trainer.toy_inpaint import layout_example
+
+    image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(1))
+    boxes = torch.tensor([[4.0, 4, 20, 24], [30, 30, 50, 60], [40, 2, 60, 20]])
+    prompts = ["small red matte cube", "large blue metal sphere", "small green matte cylinder"]
+    masks = [box_mask(Box(*b.tolist()), 64, 64, grow=2).bool() for b in boxes]
+    union = masks[0] | masks[1] | masks[2]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        target, canvas, mask, prompt = layout_example(image, boxes, prompts, "foreground", g)
+        named = [i for i, p in enumerate(prompts) if p in prompt]
+        assert prompt.startswith("Add ") and 1 <= len(named) <= 3
+        assert torch.equal(mask.bool(), torch.stack([masks[i] for i in named]).any(0))
+        assert torch.equal(target[:, mask.bool()], image[:, mask.bool()])  # the box holds the true render
+        assert torch.equal(target[:, ~mask.bool()], canvas[:, ~mask.bool()])  # nothing else changes
+        assert (canvas[:, ~union] == BLANK_CANVAS_GREY).all()  # outside every box the canvas is blank
+    target, canvas, mask, prompt = layout_example(image, boxes, prompts, "background", g)
+    assert prompt == BLANK_CANVAS_BACKGROUND and torch.equal(mask.bool(), ~union)
+    assert torch.equal(target, image) and torch.equal(canvas[:, union], image[:, union])
 
 
 @pytest.mark.slow
