@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..emplace.boxes import BOX_SPEC_HELP, Boxes, boxes_from_any, boxes_to_masks, check_boxes, parse_boxes
 from ..emplace.images import channels_first, channels_last
@@ -24,6 +24,12 @@ def image_size(image: torch.Tensor) -> tuple[int, int]:
     return int(image.shape[2]), int(image.shape[1])
 
 
+def image_reference(image: torch.Tensor, cls) -> list[dict]:
+    """The first frame saved to ComfyUI's temp folder, as the frontend's /view references it: the box
+    editor and the proposal picker draw on it, and the workflow stores none of it."""
+    return [dict(saved) for saved in ui.PreviewImage(image[:1], cls=cls).as_dict()["images"]]
+
+
 class EmplaceBoxes(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -31,7 +37,8 @@ class EmplaceBoxes(io.ComfyNode):
             node_id="EmplaceBoxes",
             display_name="Emplace Boxes",
             category="Emplace/boxes",
-            description="Boxes (label, prompt, position) typed as text, for the Emplace nodes.",
+            description="Boxes (label, prompt, position) for the Emplace nodes: drawn on the image in the node's "
+                        "editor, or typed as text. The editor shows the connected image (or the last run's).",
             inputs=[
                 io.String.Input("spec", multiline=True, default="red cube: 0.1 0.5 0.35 0.8\n"
                                 "lamp: 0.55 0.2 0.8 0.7 | a brass desk lamp", tooltip=BOX_SPEC_HELP),
@@ -50,7 +57,9 @@ class EmplaceBoxes(io.ComfyNode):
             width, height = image_size(image)
         boxes = parse_boxes(spec, width, height)
         check_boxes(boxes)
-        return io.NodeOutput(boxes)
+        if image is None:
+            return io.NodeOutput(boxes)
+        return io.NodeOutput(boxes, ui={"emplace_background": image_reference(image, cls)})
 
 
 class EmplaceBoxesToMask(io.ComfyNode):

@@ -32,7 +32,7 @@ from ..emplace.location.model import (
 from ..emplace.location.sample import propose
 from ..emplace.preview import density_map, draw_boxes, overlay_heat
 from ..emplace.weights import WeightsFileError
-from .boxes import EmplaceBoxesType, image_size
+from .boxes import EmplaceBoxesType, image_reference, image_size
 from .file_cache import FileCache, file_stamp
 
 LocationModelType = io.Custom("EMPLACE_LOCATION_MODEL")
@@ -210,7 +210,10 @@ class EmplaceProposeLocations(io.ComfyNode):
         numbered = boxes.with_boxes(replace(b, label=str(i), prompt="") for i, b in enumerate(boxes))
         preview = draw_boxes(heat, numbered, line=max(2, min(width, height) // 256))
         bar.update(1)
-        return io.NodeOutput(boxes, masks, channels_last(preview)[None].to(image))
+        # the node's picker draws these on the background; a click selects the index in Emplace Select Boxes
+        picker = {"background": image_reference(image, cls), "width": width, "height": height,
+                  "boxes": [[*b.xyxy, b.score] for b in boxes]}
+        return io.NodeOutput(boxes, masks, channels_last(preview)[None].to(image), ui={"emplace_proposals": [picker]})
 
 
 class EmplaceSelectBoxes(io.ComfyNode):

@@ -111,6 +111,25 @@ def test_the_shared_iterative_inpaint_workflow_runs(server):
     assert len(history["outputs"]["8"]["images"]) == 2  # each step, previewed
 
 
+def test_the_shared_layout_to_image_workflow_paints_a_blank_canvas(server):
+    workflow = json.loads((WORKFLOWS / "layout_to_image.json").read_text())
+    prompt = ui_to_api(workflow, server.get_json("/object_info"), overrides={
+        1: {"ckpt_name": "tiny_sd15.safetensors"},
+        2: {"width": 128, "height": 96},
+        4: {"steps": 2, "target_resolution": 64},
+    })
+    assert "6" not in prompt  # the Note stays in the editor
+    history = server.run(prompt)
+    (img,) = images(server, history, "5")
+    assert img.shape == (96, 128, 3)
+    changed = np.abs(img.astype(int) - 128).max(-1) > 0
+    assert changed.mean() > 0.9  # the objects, then the background around them: nothing is left blank
+    no_background = dict(prompt, **{"4": {**prompt["4"], "inputs": {**prompt["4"]["inputs"], "background_pass": False}}})
+    (objects_only,) = images(server, server.run(no_background), "5")
+    still_blank = np.abs(objects_only.astype(int) - 128).max(-1) == 0
+    assert still_blank[:2].all() and still_blank[:, :6].all()  # beyond grow 4 + feather 8 the canvas stays grey
+
+
 DEFAULT_LOCATION_MODEL = "emplace-scene-world (embedded default)"
 
 

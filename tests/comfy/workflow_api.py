@@ -7,6 +7,7 @@ The frontend does this conversion in the browser; the tests do it with the serve
 from __future__ import annotations
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+FRONTEND_ONLY = {"Note", "MarkdownNote"}  # the frontend's own nodes: never sent to the server
 
 
 def _inputs_in_order(info: dict) -> list[tuple[str, list]]:
@@ -27,7 +28,7 @@ def ui_to_api(workflow: dict, object_info: dict, overrides: dict | None = None) 
     links = {link[0]: (str(link[1]), link[2]) for link in workflow["links"]}
     prompt = {}
     for node in workflow["nodes"]:
-        if node.get("mode", 0) in (2, 4):  # muted or bypassed
+        if node.get("mode", 0) in (2, 4) or node["type"] in FRONTEND_ONLY:  # muted, bypassed, notes
             continue
         info = object_info.get(node["type"])
         if info is None:
