@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow  # a headless server and a browser
@@ -67,3 +68,171 @@ def test_the_lora_loader_shows_what_it_loaded_on_the_node(server, page, tmp_path
     shots = Path(os.environ.get("EMPLACE_SCREENSHOTS", tmp_path))  # set it to refresh the README's picture
     page.screenshot(path=str(shots / "preference_lora_workflow.png"))
     assert page.errors == []
+
+
+def show_node(page, node_id: int) -> dict:
+    """Puts a node at the top left at zoom 1 and returns its screen rectangle (title bar included)."""
+    page.keyboard.press("Escape")  # the new-user template browser, if it is open
+    rect = page.evaluate("""id => {
+        const n = app.graph.getNodeById(id), ds = app.canvas.ds;
+        ds.scale = 1; ds.offset = [-n.pos[0] + 30, -n.pos[1] + 60];
+        app.graph.setDirtyCanvas(true, true); app.canvas.draw(true, true);
+        const c = app.canvas.canvas.getBoundingClientRect();
+        return {x: c.left + 10, y: c.top + 20, width: n.size[0] + 40, height: n.size[1] + 60};
+    }""", node_id)
+    page.wait_for_timeout(400)  # the DOM widgets follow on the next frame
+    return rect
+
+
+def screen_point(page, node_id: int, view: str, fx: float, fy: float) -> tuple[float, float]:
+    """Where on the screen a fraction of the image shown by the node's editor or picker lies."""
+    g = page.evaluate(f"""id => {{
+        const v = app.graph.getNodeById(id).{view}.view, r = v.canvas.getBoundingClientRect(), a = v.area();
+        return {{left: r.left, top: r.top, sx: r.width / v.canvas.clientWidth, sy: r.height / v.canvas.clientHeight,
+                 x: a.x, y: a.y, w: a.w, h: a.h}};
+    }}""", node_id)
+    return g["left"] + (g["x"] + fx * g["w"]) * g["sx"], g["top"] + (g["y"] + fy * g["h"]) * g["sy"]
+
+
+def wait_for_output(server, node_id: str, before: set, timeout_ms: int = 180_000) -> dict:
+    import time
+
+    deadline = time.time() + timeout_ms / 1000
+    while time.time() < deadline:
+        history = server.get_json("/history")
+        for prompt_id, entry in history.items():
+            if prompt_id not in before and node_id in entry.get("outputs", {}):
+                return entry
+        time.sleep(0.5)
+    raise AssertionError(f"no output from node {node_id}:\n{server.log()[-3000:]}")
+
+
+def saved_image(server, entry: dict, node_id: str):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    (image,) = entry["outputs"][node_id]["images"]
+    return np.asarray(Image.open(io.BytesIO(server.view(image))).convert("RGB")).astype(int)
+
+
+SPEC = "app.graph.getNodeById(3).widgets.find(w => w.name === 'spec')"
+
+
+def test_a_box_drawn_with_the_mouse_is_saved_in_the_node_and_painted_there(server, page, tmp_path):
+    workflow = json.loads((WORKFLOWS / "layout_to_image.json").read_text())
+    values = {1: ["tiny_sd15.safetensors"], 2: [128, 96, 1, 0x808080], 3: ["", 512, 512]}
+    for node in workflow["nodes"]:
+        node["widgets_values"] = values.get(node["id"], node["widgets_values"])
+        if node["type"] == "EmplaceIterativeInpaint":
+            v = node["widgets_values"]
+            v[4], v[10], v[15] = 2, 64, False  # 2 steps at 64 px, no background pass: only the box changes
+    page.evaluate("wf => window.app.loadGraphData(wf)", workflow)
+    show_node(page, 3)
+    start, end = screen_point(page, 3, "emplaceEditor", 0.25, 0.3), screen_point(page, 3, "emplaceEditor", 0.7, 0.8)
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move(*end, steps=8)
+    page.mouse.up()
+    text = page.evaluate(f"{SPEC}.value")
+    label, coords = text.split(":")
+    assert label == "object" and [round(float(v), 2) for v in coords.split()] == [0.25, 0.3, 0.7, 0.8], text
+
+    # the node's label field, then Delete and undo, all land in the same text
+    page.fill(".emplace-box-editor input[data-field='label']", "red cube")
+    page.press(".emplace-box-editor input[data-field='label']", "Enter")
+    page.evaluate("() => document.querySelector('.emplace-box-editor input').dispatchEvent(new Event('change'))")
+    assert page.evaluate(f"{SPEC}.value").startswith("red cube: 0.25")
+    page.mouse.click(*screen_point(page, 3, "emplaceEditor", 0.5, 0.5))
+    page.keyboard.press("Delete")
+    assert page.evaluate(f"{SPEC}.value") == ""
+    page.keyboard.press("Control+z")
+    assert page.evaluate(f"{SPEC}.value").startswith("red cube: 0.25")
+    # a typed edit shows up in the drawing
+    page.evaluate(f"() => {{ {SPEC}.value = 'red cube: 0.25 0.3 0.7 0.8 | a red cube\\nlamp: 4 4 20 20'; }}")
+    page.wait_for_function("app.graph.getNodeById(3).emplaceEditor.boxes.length === 2")
+    assert page.evaluate("app.graph.getNodeById(3).emplaceEditor.boxes[1].x1") == pytest.approx(20 / 512)
+    page.evaluate(f"() => {{ {SPEC}.value = 'red cube: 0.25 0.3 0.7 0.8 | a red cube'; }}")
+    page.wait_for_function("app.graph.getNodeById(3).emplaceEditor.boxes.length === 1")
+
+    saved = page.evaluate("() => window.app.graph.serialize()")
+    node = next(n for n in saved["nodes"] if n["id"] == 3)
+    assert node["widgets_values"] == ["red cube: 0.25 0.3 0.7 0.8 | a red cube", 512, 512]  # the editor saves nothing else
+
+    before = set(server.get_json("/history"))
+    page.evaluate("() => window.app.queuePrompt(0)")
+    image = saved_image(server, wait_for_output(server, "5", before), "5")
+    assert image.shape == (96, 128, 3)
+    changed = (image != 128).any(-1)
+    assert changed[29:77, 32:90].mean() > 0.5  # the box drawn: x 0.25-0.7 of 128, y 0.3-0.8 of 96
+    reach = 4 + 8  # grow + feather
+    near = np.zeros_like(changed)
+    near[28 - reach:77 + reach, 32 - reach:90 + reach] = True  # the box's pixels: rows 28.8-76.8, columns 32-89.6
+    assert not changed[~near].any(), np.argwhere(changed & ~near)[:10]
+    # after the run the editor shows the image the boxes were drawn for
+    page.wait_for_function("app.graph.getNodeById(3).emplaceEditor.view.image?.naturalWidth === 128")
+    shots = Path(os.environ.get("EMPLACE_SCREENSHOTS", tmp_path))
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(shots / "box_editor.png"), clip=show_node(page, 3))
+    assert page.errors == []
+
+
+def test_clicking_a_proposal_selects_it_for_the_insert(server, page, tmp_path):
+    import torch
+    from PIL import Image
+
+    from emplace.scenes.render import render
+    from emplace.scenes.world import sample_camera, sample_scene
+
+    g = torch.Generator().manual_seed(4)  # a scene-world picture: the embedded location model knows this world
+    scene, camera = sample_scene(g, (1, 2)), sample_camera(g)
+    picture = (render([scene], [camera], 128).image[0].permute(1, 2, 0) * 255).round().byte().numpy()
+    Image.fromarray(picture).save(server.base / "input" / "pick_from.png")
+    workflow = json.loads((WORKFLOWS / "propose_and_insert.json").read_text())
+    for node in workflow["nodes"]:
+        if node["type"] == "LoadImage":
+            node["widgets_values"][0] = "pick_from.png"
+        elif node["type"] == "CheckpointLoaderSimple":
+            node["widgets_values"] = ["tiny_sd15.safetensors"]
+        elif node["type"] == "EmplaceIterativeInpaint":
+            node["widgets_values"][4], node["widgets_values"][10] = 2, 64
+    page.evaluate("wf => window.app.loadGraphData(wf)", workflow)
+    propose = next(n["id"] for n in workflow["nodes"] if n["type"] == "EmplaceProposeLocations")
+    select = next(n["id"] for n in workflow["nodes"] if n["type"] == "EmplaceSelectBoxes")
+    indices = f"app.graph.getNodeById({select}).widgets.find(w => w.name === 'indices')"
+    assert page.evaluate(f"{indices}.value") == "0"
+    page.evaluate("() => window.app.queuePrompt(0)")
+    page.wait_for_function(f"app.graph.getNodeById({propose}).emplacePicker.proposals !== null", timeout=180_000)
+    page.wait_for_function(f"app.graph.getNodeById({propose}).emplacePicker.view.image !== null")
+    proposals = page.evaluate(f"app.graph.getNodeById({propose}).emplacePicker.proposals")
+    assert len(proposals["boxes"]) >= 2 and proposals["width"] == 128
+    show_node(page, propose)
+
+    def click(i, shift=False):
+        x0, y0, x1, y1, _ = proposals["boxes"][i]
+        if shift:
+            page.keyboard.down("Shift")
+        page.mouse.click(*screen_point(page, propose, "emplacePicker", (x0 + x1) / 2 / proposals["width"],
+                                       (y0 + y1) / 2 / proposals["height"]))
+        if shift:
+            page.keyboard.up("Shift")
+
+    target = next(i for i in range(1, len(proposals["boxes"])) if _centre_is_own(proposals["boxes"], i))
+    click(target)
+    assert page.evaluate(f"{indices}.value") == str(target)  # propose -> click -> the insert takes that box
+    if _centre_is_own(proposals["boxes"], 0):
+        click(0, shift=True)
+        assert page.evaluate(f"{indices}.value") == f"0,{target}"
+    shots = Path(os.environ.get("EMPLACE_SCREENSHOTS", tmp_path))
+    page.screenshot(path=str(shots / "proposal_picker.png"), clip=show_node(page, propose))
+    assert page.errors == []
+
+
+def _centre_is_own(boxes, i) -> bool:
+    """The click at box i's centre picks box i (no smaller box covers that point)."""
+    x0, y0, x1, y1, _ = boxes[i]
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    area = lambda b: (b[2] - b[0]) * (b[3] - b[1])  # noqa: E731
+    return all(not (b[0] <= cx <= b[2] and b[1] <= cy <= b[3]) or area(b) >= area(boxes[i]) or j == i
+               for j, b in enumerate(boxes))
