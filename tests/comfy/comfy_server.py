@@ -29,7 +29,7 @@ def free_port() -> int:
 
 
 class ComfyServer:
-    def __init__(self, comfyui: Path, pack_root: Path, base: Path):
+    def __init__(self, comfyui: Path, pack_root: Path, base: Path, extra_args: tuple[str, ...] = ()):
         self.base = base
         self.pack_dir = base / "custom_nodes" / "emplace-under-test"
         shutil.copytree(pack_root, self.pack_dir, ignore=shutil.ignore_patterns(
@@ -48,7 +48,7 @@ class ComfyServer:
              "--extra-model-paths-config", str(config), "--disable-auto-launch",
              "--input-directory", str(base / "input"), "--output-directory", str(base / "output"),
              "--temp-directory", str(base / "temp"), "--user-directory", str(base / "user"),
-             "--database-url", "sqlite:///:memory:"],
+             "--database-url", "sqlite:///:memory:", *extra_args],
             cwd=comfyui, stdout=self._log, stderr=subprocess.STDOUT)
 
     # -- life cycle ----------------------------------------------------------------------

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,31 +21,75 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="module")
-def page(server):
+FRONTENDS = ("pinned", "newest", "newest-vue")  # 1.27.x as ComfyUI 0.3.64 pins it; the registry's newest, both renderers
+
+
+def newest_frontend() -> Path | None:
+    """The registry's newest comfyui-frontend-package, unpacked by .ci/setup next to the venv."""
+    for root in (os.environ.get("EMPLACE_NEWEST_FRONTEND"), Path(sys.prefix) / "frontend-newest"):
+        static = Path(root) / "comfyui_frontend_package" / "static" if root else None
+        if static and (static / "index.html").is_file():
+            return static
+    return None
+
+
+@pytest.fixture(scope="module", params=FRONTENDS)
+def ui(request, server, tmp_path_factory):
+    """A browser on the server with one frontend: the pinned one on the session's server, the newest on a second
+    server started with --front-end-root (same pack, same test models), with the Vue node renderer off and on."""
     playwright_api = pytest.importorskip("playwright.sync_api", reason="tier 2 web test needs playwright")
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"tier 2 web test needs Debian's chromium at {CHROMIUM}")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(f"{e}\n{e.stack}"))
-        page.goto(server.url)
-        page.wait_for_function("window.app && window.app.graph && window.app.extensionManager", timeout=120_000)
-        # Errors while the frontend itself starts are the frontend's; ours would name the pack's script.
-        assert not [e for e in errors if "emplace" in e.lower()], errors
-        errors.clear()
-        page.errors = errors
-        yield page
-        browser.close()
+    frontend, own_server = request.param, None
+    if frontend != "pinned":
+        static = newest_frontend()
+        if static is None:
+            pytest.skip("the newest frontend is not unpacked (.ci/setup puts it in .venv/frontend-newest)")
+        from comfy_server import ComfyServer
+        from conftest import COMFYUI, PACK_ROOT
+
+        base = tmp_path_factory.mktemp(f"comfy_{frontend}")
+        own_server = ComfyServer(COMFYUI, PACK_ROOT, base, extra_args=("--front-end-root", str(static)))
+        for folder in ("checkpoints", "loras"):
+            for f in (server.base / folder).iterdir():
+                shutil.copy(f, base / folder / f.name)
+        own_server.wait_ready()
+    srv = own_server or server
+    try:
+        with playwright_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(f"{e}\n{e.stack}"))
+            page.goto(srv.url)
+            page.wait_for_function("window.app && window.app.graph && window.app.extensionManager", timeout=120_000)
+            if frontend != "pinned":
+                vue = frontend == "newest-vue"
+                page.evaluate(f"() => window.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', {str(vue).lower()})")
+                page.wait_for_timeout(500)
+            # Errors while the frontend itself starts are the frontend's; ours would name the pack's script.
+            assert not [e for e in errors if "emplace" in e.lower()], errors
+            errors.clear()
+            page.errors = errors
+            yield SimpleNamespace(server=srv, page=page, frontend=frontend)
+            browser.close()
+    finally:
+        if own_server:
+            own_server.stop()
+
+
+def shot(ui, tmp_path: Path, name: str) -> str:
+    """Where a screenshot goes: $EMPLACE_SCREENSHOTS refreshes the README's pictures (the pinned frontend's)."""
+    folder = Path(os.environ.get("EMPLACE_SCREENSHOTS", tmp_path))
+    return str(folder / (f"{name}.png" if ui.frontend == "pinned" else f"{name}-{ui.frontend}.png"))
 
 
 def test_the_extension_is_served(server):
     assert any(path.endswith("/emplace.js") for path in server.get_json("/extensions"))
 
 
-def test_the_lora_loader_shows_what_it_loaded_on_the_node(server, page, tmp_path):
+def test_the_lora_loader_shows_what_it_loaded_on_the_node(ui, tmp_path):
+    page = ui.page
     workflow = json.loads((WORKFLOWS / "preference_lora.json").read_text())
     values = {1: ["tiny_sd15.safetensors"], 2: ["emplace_dpo.safetensors", 1.0, 1.0], 5: [0.0, 128, 128],
               6: [1.0, 64, 64], 7: [32, 32, "add"], 8: ["peft_dpo.safetensors", 1.0, 0.0, 0.8],
@@ -65,8 +111,7 @@ def test_the_lora_loader_shows_what_it_loaded_on_the_node(server, page, tmp_path
     page.keyboard.press("Escape")  # the new-user template browser
     page.evaluate("() => { window.app.canvas.ds.scale = 0.8; window.app.canvas.ds.offset = [0, 0]; "
                   "window.app.graph.setDirtyCanvas(true, true); }")
-    shots = Path(os.environ.get("EMPLACE_SCREENSHOTS", tmp_path))  # set it to refresh the README's picture
-    page.screenshot(path=str(shots / "preference_lora_workflow.png"))
+    page.screenshot(path=shot(ui, tmp_path, "preference_lora_workflow"))
     assert page.errors == []
 
 
@@ -120,7 +165,8 @@ def saved_image(server, entry: dict, node_id: str):
 SPEC = "app.graph.getNodeById(3).widgets.find(w => w.name === 'spec')"
 
 
-def test_a_box_drawn_with_the_mouse_is_saved_in_the_node_and_painted_there(server, page, tmp_path):
+def test_a_box_drawn_with_the_mouse_is_saved_in_the_node_and_painted_there(ui, tmp_path):
+    server, page = ui.server, ui.page
     workflow = json.loads((WORKFLOWS / "layout_to_image.json").read_text())
     values = {1: ["tiny_sd15.safetensors"], 2: [128, 96, 1, 0x808080], 3: ["", 512, 512]}
     for node in workflow["nodes"]:
@@ -172,13 +218,13 @@ def test_a_box_drawn_with_the_mouse_is_saved_in_the_node_and_painted_there(serve
     assert not changed[~near].any(), np.argwhere(changed & ~near)[:10]
     # after the run the editor shows the image the boxes were drawn for
     page.wait_for_function("app.graph.getNodeById(3).emplaceEditor.view.image?.naturalWidth === 128")
-    shots = Path(os.environ.get("EMPLACE_SCREENSHOTS", tmp_path))
     page.wait_for_timeout(300)
-    page.screenshot(path=str(shots / "box_editor.png"), clip=show_node(page, 3))
+    page.screenshot(path=shot(ui, tmp_path, "box_editor"), clip=show_node(page, 3))
     assert page.errors == []
 
 
-def test_clicking_a_proposal_selects_it_for_the_insert(server, page, tmp_path):
+def test_clicking_a_proposal_selects_it_for_the_insert(ui, tmp_path):
+    server, page = ui.server, ui.page
     import torch
     from PIL import Image
 
@@ -224,8 +270,7 @@ def test_clicking_a_proposal_selects_it_for_the_insert(server, page, tmp_path):
     if _centre_is_own(proposals["boxes"], 0):
         click(0, shift=True)
         assert page.evaluate(f"{indices}.value") == f"0,{target}"
-    shots = Path(os.environ.get("EMPLACE_SCREENSHOTS", tmp_path))
-    page.screenshot(path=str(shots / "proposal_picker.png"), clip=show_node(page, propose))
+    page.screenshot(path=shot(ui, tmp_path, "proposal_picker"), clip=show_node(page, propose))
     assert page.errors == []
 
 
