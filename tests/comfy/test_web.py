@@ -192,9 +192,9 @@ def test_a_box_drawn_with_the_mouse_is_saved_in_the_node_and_painted_there(ui, t
     assert page.evaluate(f"{SPEC}.value").startswith("red cube: 0.25")
     page.mouse.click(*screen_point(page, 3, "emplaceEditor", 0.5, 0.5))
     page.keyboard.press("Delete")
-    assert page.evaluate(f"{SPEC}.value") == ""
+    page.wait_for_function(f"{SPEC}.value === ''", timeout=5000)
     page.keyboard.press("Control+z")
-    assert page.evaluate(f"{SPEC}.value").startswith("red cube: 0.25")
+    page.wait_for_function(f"{SPEC}.value.startsWith('red cube: 0.25')", timeout=5000)
     # a typed edit shows up in the drawing
     page.evaluate(f"() => {{ {SPEC}.value = 'red cube: 0.25 0.3 0.7 0.8 | a red cube\\nlamp: 4 4 20 20'; }}")
     page.wait_for_function("app.graph.getNodeById(3).emplaceEditor.boxes.length === 2")
