@@ -30,8 +30,7 @@ from .config import TrainingConfig, add_config_arguments, config_from_args, sett
 from .loop import Run, batch_indices, phase, start
 from .loop import train as train_loop
 
-DEFAULTS = Path(__file__).resolve().parents[1] / "emplace" / "defaults"
-DEFAULT_OUT = DEFAULTS / "toy_inpaint"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "emplace" / "defaults" / "toy_inpaint"
 COMPLETE_PROMPT = "complete the image"
 LAYOUT_SHARES = {"insert": 0.3, "foreground": 0.45, "background": 0.25}  # IterInpaint trains both passes
 
@@ -98,6 +97,9 @@ def batch_of(data: dict, idx: list[int], g: torch.Generator) -> tuple[torch.Tens
     return images, backgrounds, masks, prompts
 
 
+MAX_OBJECTS = 4  # the in-distribution layouts' most objects
+
+
 def layout_data(work: Path, n: int, seed: int, size: int) -> dict:
     """Rendered once and cached: in-distribution layouts (1-4 objects, all visible) with every object's box."""
     path = work / f"layouts-{n}-{seed}-{size}.safetensors"
@@ -118,9 +120,6 @@ def layout_data(work: Path, n: int, seed: int, size: int) -> dict:
     data = {"images": (torch.stack(images) * 255).round().to(torch.uint8), "boxes": boxes}
     save_safetensors(path, data, {"prompts": json.dumps(prompts)})
     return {**data, "prompts": prompts}
-
-
-MAX_OBJECTS = 4  # the in-distribution layouts' most objects
 
 
 def layout_example(image: torch.Tensor, boxes: torch.Tensor, prompts: list[str], task: str,

@@ -172,6 +172,15 @@ class BoxEditor {
     this.timer = setInterval(() => this.sync(), 250); // typed edits, loaded workflows, connections
   }
 
+  onExecuted(message) {
+    const ref = message?.emplace_background?.[0];
+    if (ref) this.lastRunImage = viewUrl(ref);
+  }
+
+  dispose() {
+    clearInterval(this.timer);
+  }
+
   size() {
     const image = this.view.image;
     if (image) return [image.naturalWidth, image.naturalHeight];
@@ -181,7 +190,7 @@ class BoxEditor {
 
   sync() {
     if (!this.element.isConnected && !this.node.graph) {
-      clearInterval(this.timer);
+      this.dispose();
       return;
     }
     this.view.setImage(connectedImageUrl(this.node) ?? this.lastRunImage);
@@ -211,6 +220,7 @@ class BoxEditor {
   }
 
   setText(text) {
+    if (text == null) return; // nothing to undo or redo
     this.spec.value = text;
     this.spec.callback?.(text);
     this.lastText = null; // re-read it: the same parse the node will do
@@ -280,9 +290,9 @@ class BoxEditor {
       this.selected = Math.min(this.selected, this.boxes.length - 1);
       this.commit();
     } else if (mod && key === "z" && !event.shiftKey) {
-      this.step(this.history.undo(String(this.spec.value ?? "")));
+      this.setText(this.history.undo(String(this.spec.value ?? "")));
     } else if (mod && (key === "y" || (key === "z" && event.shiftKey))) {
-      this.step(this.history.redo(String(this.spec.value ?? "")));
+      this.setText(this.history.redo(String(this.spec.value ?? "")));
     } else if (key === "escape") {
       this.selected = -1;
       this.render();
@@ -293,10 +303,6 @@ class BoxEditor {
       event.preventDefault();
       event.stopPropagation(); // not the graph's own Delete / undo
     }
-  }
-
-  step(text) {
-    if (text != null) this.setText(text);
   }
 
   render() {
@@ -402,6 +408,13 @@ class ProposalPicker {
     return widget ? parseIndices(widget.value, this.proposals?.boxes.length ?? 0) : [];
   }
 
+  onExecuted(message) {
+    const proposals = message?.emplace_proposals?.[0];
+    if (proposals) this.show(proposals);
+  }
+
+  dispose() {}
+
   show(proposals) {
     this.proposals = proposals;
     this.view.setImage(viewUrl(proposals.background[0]));
@@ -444,41 +457,27 @@ class ProposalPicker {
   }
 }
 
+// node type -> (the property the node keeps its widget in, the widget's class)
+const WIDGETS = { EmplaceBoxes: ["emplaceEditor", BoxEditor], EmplaceProposeLocations: ["emplacePicker", ProposalPicker] };
+
 app.registerExtension({
   name: "Emplace.BoxEditor",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData.name === "EmplaceBoxes") {
-      const onNodeCreated = nodeType.prototype.onNodeCreated;
-      nodeType.prototype.onNodeCreated = function () {
-        onNodeCreated?.apply(this, arguments);
-        this.emplaceEditor = new BoxEditor(this);
-        this.setSize?.([Math.max(this.size[0], 420), this.computeSize()[1]]);
-      };
-      const onExecuted = nodeType.prototype.onExecuted;
-      nodeType.prototype.onExecuted = function (message) {
-        onExecuted?.apply(this, arguments);
-        const ref = message?.emplace_background?.[0];
-        if (ref && this.emplaceEditor) this.emplaceEditor.lastRunImage = viewUrl(ref);
-      };
-      const onRemoved = nodeType.prototype.onRemoved;
-      nodeType.prototype.onRemoved = function () {
-        clearInterval(this.emplaceEditor?.timer);
-        onRemoved?.apply(this, arguments);
-      };
-    }
-    if (nodeData.name === "EmplaceProposeLocations") {
-      const onNodeCreated = nodeType.prototype.onNodeCreated;
-      nodeType.prototype.onNodeCreated = function () {
-        onNodeCreated?.apply(this, arguments);
-        this.emplacePicker = new ProposalPicker(this);
-        this.setSize?.([Math.max(this.size[0], 420), this.computeSize()[1]]);
-      };
-      const onExecuted = nodeType.prototype.onExecuted;
-      nodeType.prototype.onExecuted = function (message) {
-        onExecuted?.apply(this, arguments);
-        const proposals = message?.emplace_proposals?.[0];
-        if (proposals && this.emplacePicker) this.emplacePicker.show(proposals);
-      };
-    }
+    if (!(nodeData.name in WIDGETS)) return;
+    const [property, Widget] = WIDGETS[nodeData.name];
+    const { onNodeCreated, onExecuted, onRemoved } = nodeType.prototype;
+    nodeType.prototype.onNodeCreated = function () {
+      onNodeCreated?.apply(this, arguments);
+      this[property] = new Widget(this);
+      this.setSize?.([Math.max(this.size[0], 420), this.computeSize()[1]]);
+    };
+    nodeType.prototype.onExecuted = function (message) {
+      onExecuted?.apply(this, arguments);
+      this[property]?.onExecuted(message);
+    };
+    nodeType.prototype.onRemoved = function () {
+      this[property]?.dispose();
+      onRemoved?.apply(this, arguments);
+    };
   },
 });
