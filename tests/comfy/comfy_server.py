@@ -32,6 +32,7 @@ class ComfyServer:
     def __init__(self, comfyui: Path, pack_root: Path, base: Path, extra_args: tuple[str, ...] = ()):
         self.base = base
         self.pack_dir = base / "custom_nodes" / "emplace-under-test"
+        self.pack_module = self.pack_dir.name  # what ComfyUI names the pack's workflow templates by
         shutil.copytree(pack_root, self.pack_dir, ignore=shutil.ignore_patterns(
             ".git", ".venv", "__pycache__", ".pytest_cache", "runs", "out"))
         for name in ("loras", "checkpoints", "location_models", "input", "output", "temp", "user"):

@@ -278,3 +278,39 @@ def test_the_shared_side_by_side_inpaint_workflow_runs(server):
     assert canvas.shape == (80, 216, 3)
     assert np.array_equal(canvas[20:60, 120 + 30:120 + 80], img[mask].reshape(40, 50, 3))  # what Split took out
     assert "target at x 120..212, y 0..76" in history["outputs"]["13"]["text"][0]
+
+
+def test_the_shared_insert_where_it_belongs_workflow_runs_with_and_without_the_other_view(server):
+    model_name = location_model_for(server)
+    picture = background(server, "belongs.png")
+    reference_view(server, "belongs_other_view.png", 64, 96)
+    workflow = json.loads((WORKFLOWS / "insert_where_it_belongs.json").read_text())
+    info = server.get_json("/object_info")
+    overrides = {1: {"image": "belongs.png"}, 2: {"ckpt_name": "tiny_sd15.safetensors"},
+                 3: {"lora_name": "emplace_dpo.safetensors"}, 4: {"model_name": model_name},
+                 5: {"min_size": 0.15, "max_size": 0.4}, 7: {"image": "belongs_other_view.png"},
+                 9: {"steps": 2, "target_resolution": 64}}
+    prompt = ui_to_api(workflow, info, overrides=overrides)
+    assert "8" not in prompt and prompt["9"]["inputs"]["model"] == ["3", 0]  # bypassed: the LoRA model goes straight in
+    prompt["100"] = {"class_type": "EmplaceBoxesToMask", "inputs": {"image": ["1", 0], "boxes": ["6", 0],
+                                                                     "grow": 4 + 8, "union": True}}
+    prompt["101"] = {"class_type": "MaskToImage", "inputs": {"mask": ["100", 0]}}
+    prompt["102"] = {"class_type": "SaveImage", "inputs": {"images": ["101", 0], "filename_prefix": "reach"}}
+    history = server.run(prompt)
+    (img,) = images(server, history, "10")
+    reach = images(server, history, "102")[0][..., 0] > 127  # the picked box, grown by grow + feather
+    changed = np.abs(img.astype(int) - picture.astype(int)).max(-1) > 0
+    assert changed.any() and not changed[~reach].any()  # the object went into the picked box and nowhere else
+    # the LoRA was loaded and patched every layer; its effect on pixels is tested from an empty latent above, since
+    # the tiny checkpoint's random VAE encodes a photo to latents where the UNet's steps vanish in rounding
+    shown = history["outputs"]["3"]["text"][0]
+    assert "method: dpo" in shown and "lora key not loaded" not in server.log()
+
+    for node in workflow["nodes"]:
+        if node["type"] == "EmplaceMultiViewContext":
+            node["mode"] = 0  # what Ctrl+B does in the editor
+    with_view = ui_to_api(workflow, info, overrides=overrides)
+    assert with_view["9"]["inputs"]["model"] == ["8", 0] and with_view["8"]["inputs"]["model"] == ["3", 0]
+    (viewed,) = images(server, server.run(with_view), "10")
+    changed = np.abs(viewed.astype(int) - picture.astype(int)).max(-1) > 0
+    assert changed.any() and not changed[~reach].any()

@@ -60,7 +60,9 @@ def ui(request, server, tmp_path_factory):
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             errors: list[str] = []
+            console: list[str] = []
             page.on("pageerror", lambda e: errors.append(f"{e}\n{e.stack}"))
+            page.on("console", lambda m: console.append(f"{m.text} ({m.location.get('url')})") if m.type == "error" else None)
             page.goto(srv.url)
             page.wait_for_function("window.app && window.app.graph && window.app.extensionManager", timeout=120_000)
             if frontend != "pinned":
@@ -71,6 +73,7 @@ def ui(request, server, tmp_path_factory):
             assert not [e for e in errors if "emplace" in e.lower()], errors
             errors.clear()
             page.errors = errors
+            page.console_errors = console
             yield SimpleNamespace(server=srv, page=page, frontend=frontend)
             browser.close()
     finally:
@@ -281,3 +284,80 @@ def _centre_is_own(boxes, i) -> bool:
     area = lambda b: (b[2] - b[0]) * (b[3] - b[1])  # noqa: E731
     return all(not (b[0] <= cx <= b[2] and b[1] <= cy <= b[3]) or area(b) >= area(boxes[i]) or j == i
                for j, b in enumerate(boxes))
+
+
+MISSING_NODES = """() => {
+    const registered = (window.LiteGraph ?? window.comfyAPI?.litegraph?.LiteGraph)?.registered_node_types ?? {};
+    const missing = app.graph.nodes.filter(n => !(n.type in registered)).map(n => n.type);
+    const dialogs = [...document.querySelectorAll('.p-dialog, [role=dialog]')].map(d => d.innerText)
+        .filter(t => /missing/i.test(t));
+    return {missing, dialogs, registered: Object.keys(registered).length};
+}"""
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in WORKFLOWS.glob("*.json")))
+def test_every_shared_workflow_opens_with_no_missing_node_and_no_error(ui, name, tmp_path):
+    """As a user opens it from the template browser: the files it names are in the input folder, nothing else set."""
+    from PIL import Image
+
+    server, page = ui.server, ui.page
+    workflow = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    for node in workflow["nodes"]:
+        if node["type"] == "LoadImage":  # the pictures a user would have put in input/
+            Image.new("RGB", (96, 64), (120, 130, 140)).save(server.base / "input" / node["widgets_values"][0])
+    page.console_errors.clear()
+    page.evaluate("wf => window.app.loadGraphData(wf)", workflow)
+    page.wait_for_timeout(800)  # a missing-node dialog opens after the load returns
+    found = page.evaluate(MISSING_NODES)
+    assert found["registered"] > 100, "the frontend's node registry was not found"
+    assert found["missing"] == [] and found["dialogs"] == [], found
+    loaded = page.evaluate("() => app.graph.nodes.map(n => [Number(n.id), n.type, n.mode])")
+    assert sorted(loaded) == sorted([n["id"], n["type"], n.get("mode", 0)] for n in workflow["nodes"])
+    if os.environ.get("EMPLACE_THUMBNAILS") and ui.frontend == "pinned":  # refresh the thumbnail: the graph itself
+        thumbnail = WORKFLOWS / f"{name}.jpg"
+        take_thumbnail(page, thumbnail)
+        shutil.copy(thumbnail, server.pack_dir / "workflows" / thumbnail.name)
+    # the template browser lists it with its thumbnail (ComfyUI serves workflows/ of every custom node)
+    assert name in server.get_json("/api/workflow_templates")[server.pack_module]
+    size = page.evaluate("""url => new Promise(done => { const i = new Image();
+        i.onload = () => done([i.naturalWidth, i.naturalHeight]); i.onerror = () => done(null); i.src = url; })""",
+                         f"/api/workflow_templates/{server.pack_module}/{name}.jpg")
+    assert size and min(size) >= 256, f"workflows/{name}.jpg is missing or too small for the template browser"
+    console = [e for e in page.console_errors if not frontends_own_traffic(e, server.url)]
+    assert page.errors == [] and console == [], page.errors + console
+
+
+def frontends_own_traffic(console_error: str, server_url: str) -> bool:
+    """What the frontend fetches for itself whatever the workflow: release news from api.comfy.org (no internet
+    here) and user files a fresh server has not got yet (404 under /api/userdata/)."""
+    url = console_error.rsplit("(", 1)[-1].rstrip(")")
+    return url.startswith("http") and (not url.startswith(server_url) or "/api/userdata/" in url)
+
+
+def take_thumbnail(page, path: Path, side: int = 2000, saved: int = 768) -> None:
+    """The whole graph at a zoom where the editor still draws titles and widgets, scaled down to `saved` px."""
+    from PIL import Image
+
+    size = page.viewport_size
+    page.set_viewport_size({"width": side + 100, "height": side + 100})
+    for _ in range(5):  # the new-user template browser and any other dialog
+        if not page.evaluate("() => [...document.querySelectorAll('.p-dialog')].some(d => d.offsetParent)"):
+            break
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(300)
+    clip = page.evaluate("""side => {
+        const ns = app.graph.nodes, pad = 40, title = 30;
+        const x0 = Math.min(...ns.map(n => n.pos[0])), y0 = Math.min(...ns.map(n => n.pos[1] - title));
+        const x1 = Math.max(...ns.map(n => n.pos[0] + n.size[0])), y1 = Math.max(...ns.map(n => n.pos[1] + n.size[1]));
+        const ds = app.canvas.ds, scale = (side - 2 * pad) / Math.max(x1 - x0, y1 - y0);
+        ds.scale = scale; ds.offset = [pad / scale - x0, pad / scale - y0];
+        app.graph.setDirtyCanvas(true, true); app.canvas.draw(true, true);
+        const c = app.canvas.canvas.getBoundingClientRect();
+        return {x: c.left, y: c.top, width: side, height: side};
+    }""", side)
+    page.wait_for_timeout(500)  # the DOM widgets follow on the next frame
+    full = path.with_suffix(".full.png")
+    page.screenshot(path=str(full), clip=clip)
+    Image.open(full).convert("RGB").resize((saved, saved), Image.LANCZOS).save(path, quality=85)
+    full.unlink()
+    page.set_viewport_size(size)

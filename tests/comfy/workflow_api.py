@@ -23,9 +23,38 @@ def _is_widget(spec: list) -> bool:
     return isinstance(kind, list) or kind in WIDGET_TYPES
 
 
+def _bypassed_sources(workflow: dict) -> dict:
+    """(node, output slot) of a bypassed node -> the link feeding it, as the frontend routes a bypass: the input at the
+    same slot if its type matches, else the first input of that type. An output with no such input is absent."""
+    link_type = {link[0]: link[5] for link in workflow["links"]}
+    routes = {}
+    for node in workflow["nodes"]:
+        if node.get("mode", 0) != 4:
+            continue
+        inputs = node.get("inputs", [])
+        for slot, output in enumerate(node.get("outputs", [])):
+            same_slot = [inputs[slot]] if slot < len(inputs) else []
+            for candidate in same_slot + inputs:
+                if candidate.get("link") is not None and link_type[candidate["link"]] == output["type"]:
+                    routes[(str(node["id"]), slot)] = candidate["link"]
+                    break
+    return routes
+
+
 def ui_to_api(workflow: dict, object_info: dict, overrides: dict | None = None) -> dict:
-    """`overrides` maps a node id (int or str) to {input name: value}, applied after conversion."""
-    links = {link[0]: (str(link[1]), link[2]) for link in workflow["links"]}
+    """`overrides` maps a node id (int or str) to {input name: value}, applied after conversion. A bypassed
+    node (mode 4) passes its input of the output's type through; a muted one (mode 2) is left out."""
+    raw = {link[0]: (str(link[1]), link[2]) for link in workflow["links"]}
+    bypass = _bypassed_sources(workflow)
+
+    def source(link_id):
+        seen = set()
+        while raw[link_id] in bypass and link_id not in seen:  # through chains of bypassed nodes
+            seen.add(link_id)
+            link_id = bypass[raw[link_id]]
+        return raw[link_id]
+
+    links = {link_id: source(link_id) for link_id in raw}
     prompt = {}
     for node in workflow["nodes"]:
         if node.get("mode", 0) in (2, 4) or node["type"] in FRONTEND_ONLY:  # muted, bypassed, notes
