@@ -1,8 +1,10 @@
-"""Base-model families (SD1.5, SD2, SDXL) and how other tools name them.
+"""Base-model families (SD1.5, SD2, SDXL; Flux, Flux Fill, SD3) and how other tools name them.
 
-A family is recognised by the width of the UNet's cross-attention context: the text
+A UNet family is recognised by the width of the UNet's cross-attention context: the text
 embedding that every attn2.to_k / to_v layer reads (768 for SD1.5, 1024 for SD2,
-2048 for SDXL). Any other width is a custom model, named by its width.
+2048 for SDXL). Any other width is a custom model, named by its width. The flow-matching
+DiTs (Flux, SD3) all read T5's 4096-wide embedding, so they are told apart by architecture
+(ComfyUI's model class), never by that width.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ class Family:
     resolution: int
     kohya_base_version: str  # ss_base_model_version
     modelspec_architecture: str  # modelspec.architecture, before "/lora"
+    multiple: int = 8  # image sides snap to this: the VAE's 8 pixels per latent, times a DiT's 2x2 patches
+    guidance: float | None = None  # the distilled guidance it was trained at (Flux's FluxGuidance); None: none
 
     def __str__(self) -> str:
         return self.name
@@ -31,6 +35,10 @@ SD15 = Family("sd15", "SD1.5", 768, 512, "sd_v1", "stable-diffusion-v1")
 SD2 = Family("sd2", "SD2", 1024, 768, "sd_v2", "stable-diffusion-v2-768-v")
 SDXL = Family("sdxl", "SDXL", 2048, 1024, "sdxl_base_v1-0", "stable-diffusion-xl-v1-base")
 KNOWN = (SD15, SD2, SDXL)
+FLUX = Family("flux", "Flux", 4096, 1024, "flux1", "flux-1-dev", multiple=16, guidance=3.5)
+FLUX_FILL = Family("flux-fill", "Flux Fill", 4096, 1024, "flux1", "flux-1-fill-dev", multiple=16, guidance=30.0)
+SD3 = Family("sd3", "SD3", 4096, 1024, "sd3", "stable-diffusion-v3-medium", multiple=16)
+FLOW = (FLUX, FLUX_FILL, SD3)  # recognised by architecture: see the module's docstring
 
 
 def custom_family(context_dim: int) -> Family:

@@ -2,11 +2,15 @@
 
 The plan, the crops and the stitching are the library's (emplace/inpaint/); this node only
 supplies the step that samples one crop with ComfyUI: prompt through the CLIP, inpainting
-conditioning as core's InpaintModelConditioning builds it (noise mask for 4-channel models,
-concat image and mask for 9-channel inpainting models), core's KSampler, VAE decode.
+conditioning as core's InpaintModelConditioning builds it (noise mask for 4- and 16-channel models,
+concat image and mask for inpainting models: SD 9-channel, Flux Fill), Flux's distilled guidance,
+core's KSampler, VAE decode. The model's family sets how crops snap (8 px for UNets, 16 for DiTs)
+and, unless given, the resolution they are sampled at.
 """
 
 from __future__ import annotations
+
+import logging
 
 import comfy.model_management
 import comfy.samplers
@@ -21,11 +25,14 @@ from ..emplace.images import channels_first, channels_last
 from ..emplace.inpaint.iterate import iterative_inpaint
 from ..emplace.inpaint.plan import BLANK_CANVAS_BACKGROUND, OBJECT_TEMPLATE, ORDERS, plan
 from .boxes import box_input, image_size
+from .families import model_family
+
+log = logging.getLogger("emplace")
 
 
 def comfy_inpaint(model, clip, vae, negative_prompt: str, sampler: str, scheduler: str, steps: int, cfg: float,
-                  denoise: float):
-    """An emplace InpaintFn that samples one crop with ComfyUI's own nodes."""
+                  denoise: float, guidance: float | None = None):
+    """An emplace InpaintFn that samples one crop with ComfyUI's own nodes; `guidance` is Flux's (FluxGuidance)."""
     cache: dict[str, list] = {}
 
     def encode(text: str) -> list:
@@ -36,9 +43,11 @@ def comfy_inpaint(model, clip, vae, negative_prompt: str, sampler: str, schedule
     def inpaint(image: torch.Tensor, mask: torch.Tensor, prompt: str, seed: int) -> torch.Tensor:
         pixels = channels_last(image)[None]  # [1, h, w, 3]
         h, w = pixels.shape[1:3]
-        size = {"width": w, "height": h, "target_width": w, "target_height": h}  # SDXL's size conditioning
-        positive = node_helpers.conditioning_set_values(encode(prompt), size)
-        negative = node_helpers.conditioning_set_values(encode(negative_prompt), size)
+        values = {"width": w, "height": h, "target_width": w, "target_height": h}  # SDXL's size conditioning
+        if guidance is not None:
+            values["guidance"] = guidance
+        positive = node_helpers.conditioning_set_values(encode(prompt), values)
+        negative = node_helpers.conditioning_set_values(encode(negative_prompt), values)
         positive, negative, latent = nodes.InpaintModelConditioning().encode(positive, negative, pixels, vae,
                                                                              mask[None], noise_mask=True)
         (samples,) = nodes.common_ksampler(model, seed, steps, cfg, sampler, scheduler, positive, negative, latent,
@@ -67,14 +76,16 @@ class EmplaceIterativeInpaint(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="object i is sampled with seed + i, so reordering keeps each object's seed"),
                 io.Int.Input("steps", default=20, min=1, max=10000),
-                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01),
+                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Flux dev and Flux Fill are guidance-distilled: cfg 1, and set guidance"),
                 io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS),
                 io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
                 io.Float.Input("context_padding", default=0.5, min=0.0, max=4.0, step=0.05,
                                tooltip="context around each object's mask, as a fraction of its size"),
-                io.Int.Input("target_resolution", default=512, min=64, max=4096, step=8,
-                             tooltip="each crop's longer side is sampled at this size (the model's native one)"),
+                io.Int.Input("target_resolution", default=0, min=0, max=4096, step=8,
+                             tooltip="each crop's longer side is sampled at this size; 0: the model's own "
+                                     "(SD1.5 512, SD2 768, SDXL, SD3 and Flux 1024)"),
                 io.Int.Input("grow", default=4, min=0, max=256, tooltip="grow each box's mask by this many pixels"),
                 io.Int.Input("feather", default=8, min=0, max=256,
                              tooltip="blend each result outward over this many pixels; beyond, pixels are untouched"),
@@ -86,6 +97,9 @@ class EmplaceIterativeInpaint(io.ComfyNode):
                                  tooltip="afterwards, repaint everything outside the objects"),
                 io.String.Input("background_prompt", default=BLANK_CANVAS_BACKGROUND),
                 io.Float.Input("background_denoise", default=1.0, min=0.0, max=1.0, step=0.01),
+                io.Float.Input("guidance", default=0.0, min=0.0, max=100.0, step=0.1, optional=True,
+                               tooltip="Flux's distilled guidance (what FluxGuidance sets); 0: the model's own, "
+                                       "3.5 for Flux, 30 for Flux Fill. Models without it ignore it"),
             ],
             outputs=[io.Image.Output(display_name="image"),
                      io.Mask.Output(display_name="painted_mask", tooltip="the union of the painted regions"),
@@ -95,18 +109,25 @@ class EmplaceIterativeInpaint(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, image, boxes, prompt_template, negative_prompt, seed, steps, cfg,
                 sampler_name, scheduler, denoise, context_padding, target_resolution, grow, feather, order,
-                colour_match, background_pass, background_prompt, background_denoise) -> io.NodeOutput:
+                colour_match, background_pass, background_prompt, background_denoise, guidance=0.0) -> io.NodeOutput:
         width, height = image_size(image)
+        family = model_family(model)
+        guidance = (guidance or family.guidance) if family.guidance is not None else None
+        if guidance is not None and cfg > 1.5:
+            log.warning("Emplace Iterative Inpaint: %s is guidance-distilled; cfg %.1f doubles the time and usually "
+                        "spoils the result (use cfg 1 and guidance %.1f)", family.name, cfg, guidance)
         boxes = boxes_from_any(boxes, width, height)
         painted = torch.zeros(image.shape[0], height, width)
         if len(boxes) == 0:  # nothing to paint: the input, unchanged
             return io.NodeOutput(image, painted, image)
         todo = plan(boxes, (width, height), order, prompt_template, grow, feather, context_padding,
-                    target=target_resolution, background=background_pass, background_prompt=background_prompt,
+                    target=target_resolution or family.resolution or 512, multiple=family.multiple,
+                    background=background_pass, background_prompt=background_prompt,
                     seed=seed)
-        objects = comfy_inpaint(model, clip, vae, negative_prompt, sampler_name, scheduler, steps, cfg, denoise)
+        objects = comfy_inpaint(model, clip, vae, negative_prompt, sampler_name, scheduler, steps, cfg, denoise,
+                                guidance)
         background = comfy_inpaint(model, clip, vae, negative_prompt, sampler_name, scheduler, steps, cfg,
-                                   background_denoise)
+                                   background_denoise, guidance)
         bar = comfy.utils.ProgressBar(len(todo) * image.shape[0])
         results, intermediates = [], []
         for f, frame in enumerate(image):

@@ -51,7 +51,7 @@ def iterative_inpaint(image: torch.Tensor, steps: list[InpaintStep], inpaint: In
     for i, s in enumerate(steps):
         if on_step:
             on_step(i, len(steps))
-        crop = stitch.crop(canvas, s.sampling_mask, s.window, target=max(s.size))
+        crop = stitch.crop(canvas, s.sampling_mask, s.window, size=s.size)  # as planned, snapped for the model
         model = background_inpaint if s.box_index is None and background_inpaint is not None else inpaint
         result = model(crop.image, crop.mask, s.prompt, s.seed)
         if tuple(result.shape) != tuple(crop.image.shape):

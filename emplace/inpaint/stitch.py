@@ -38,13 +38,14 @@ def fit_size(width: int, height: int, target: int, multiple: int = 8) -> tuple[i
 
 
 def crop(image: torch.Tensor, mask: torch.Tensor, window: Window | Box, target: int = 512,
-         multiple: int = 8) -> Crop:
-    """Cut `window` out of `image` and `mask` and resize both to `fit_size(window, target)`.
+         multiple: int = 8, size: tuple[int, int] | None = None) -> Crop:
+    """Cut `window` out of `image` and `mask` and resize both to `size` (w, h), by default
+    `fit_size(window, target, multiple)`.
 
     The mask is binarised after resizing with "> 0", so the sampling region never shrinks.
     """
     x0, y0, x1, y1 = _bounds(window, image)
-    w, h = fit_size(x1 - x0, y1 - y0, target, multiple)
+    w, h = size or fit_size(x1 - x0, y1 - y0, target, multiple)
     small_mask = _resize(mask[y0:y1, x0:x1].float(), (h, w)) > 0
     return Crop(_resize(image[..., y0:y1, x0:x1], (h, w)), small_mask.float(), (x0, y0, x1, y1))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from tiny_comfy import random_image, run_node
@@ -122,3 +124,78 @@ def test_boxes_for_another_image_size_are_refused(comfy, tiny):
     (boxes,) = run_node(comfy, "EmplaceBoxes", spec="a: 4 4 28 30", width=128, height=128)
     with pytest.raises(ValueError, match="made for a 128x128 image, but the image is 72x64"):
         inpaint(comfy, tiny, tiny.model, boxes, canvas())
+
+
+FLOW_MODELS = ("flux", "flux-fill", "sd3")
+
+
+def flow_model(kind: str):
+    """Tiny Flux / Flux Fill / SD3 reading the test CLIP's 64-wide context and pooled output."""
+    from tiny_comfy import CONTEXT_DIM
+    from tiny_flux import tiny_flux, tiny_sd3
+
+    if kind == "sd3":
+        return tiny_sd3()
+    return tiny_flux(in_channels=96 if kind == "flux-fill" else 16, vec_in_dim=CONTEXT_DIM)
+
+
+def recording(model, seen: list):
+    """A clone whose every model call records the latent's shape and the conditioning that reached it."""
+    model = model.clone()
+
+    def wrapper(apply_model, args):
+        seen.append((tuple(args["input"].shape), dict(args["c"])))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    model.set_model_unet_function_wrapper(wrapper)
+    return model
+
+
+@pytest.mark.parametrize("kind", FLOW_MODELS)
+def test_iterative_inpaint_on_flow_models_keeps_the_outside_and_snaps_crops_to_16_px(comfy, tiny, kind):
+    from types import SimpleNamespace
+
+    from emplace.boxes import parse_boxes
+    from emplace.inpaint.plan import plan
+    from tiny_flux import tiny_flux_vae
+
+    seen = []
+    model = recording(flow_model(kind), seen)
+    image = canvas()
+    (boxes,) = run_node(comfy, "EmplaceBoxes", spec=SPEC, width=72, height=64)
+    dit = SimpleNamespace(clip=tiny.clip, vae=tiny_flux_vae())
+    out, painted, _ = inpaint(comfy, dit, model, boxes, image, cfg=1.0, target_resolution=56)
+    outside = painted[0] == 0
+    assert outside.any() and torch.equal(out[0][outside], image[0][outside])  # bit for bit
+    assert (out[0][~outside] - image[0][~outside]).abs().mean() > 0.02
+    # 16-channel latents, every side a whole number of 2x2 patches (16 px), where UNet snapping (8 px) would not be
+    assert seen and all(shape[1] == 16 and shape[2] % 2 == 0 and shape[3] % 2 == 0 for shape, _ in seen)
+    eight = plan(parse_boxes(SPEC, 72, 64), (72, 64), "bottom-up", grow=2, feather=4, padding=0.5, target=56, seed=3,
+                 background=False)
+    assert any(side % 16 for step in eight for side in step.size)
+    conditioning = seen[0][1]
+    if kind == "sd3":
+        assert "guidance" not in conditioning
+    else:  # the model's own distilled guidance, as FluxGuidance would set it
+        assert conditioning["guidance"].tolist() == [30.0 if kind == "flux-fill" else 3.5]
+    if kind == "flux-fill":  # the masked image's latent and the mask, as core's InpaintModelConditioning builds them
+        assert conditioning["c_concat"].shape[1] == 16 + 64
+    _, _, _ = inpaint(comfy, dit, recording(flow_model(kind), seen := []), boxes, image, cfg=1.0,
+                      target_resolution=56, guidance=2.0)
+    assert kind == "sd3" or seen[0][1]["guidance"].tolist() == [2.0]
+
+
+def test_each_model_family_gets_its_own_resolution_snap_and_guidance(comfy, tiny):
+    from tiny_comfy import tiny_sdxl_model
+
+    from emplace.families import FLUX, FLUX_FILL, SD3
+
+    package = comfy.node["EmplaceIterativeInpaint"].__module__.rsplit(".", 1)[0]  # the pack as ComfyUI loaded it
+    family = sys.modules[f"{package}.families"].model_family
+    # compared by key: the pack, loaded by ComfyUI, has its own copy of emplace.families
+    assert [family(flow_model(kind)).key for kind in FLOW_MODELS] == [FLUX.key, FLUX_FILL.key, SD3.key]
+    assert (FLUX.resolution, FLUX.multiple, FLUX.guidance, FLUX_FILL.guidance) == (1024, 16, 3.5, 30.0)
+    assert (SD3.resolution, SD3.multiple, SD3.guidance) == (1024, 16, None)
+    unet = family(tiny.model)  # the tiny SD1.5-shaped UNet: a custom width, the node falls back to 512 px
+    assert (unet.multiple, unet.guidance, unet.resolution) == (8, None, 0)
+    assert family(tiny_sdxl_model()).multiple == 8
