@@ -28,6 +28,8 @@ class Family:
 
     @property
     def described(self) -> str:
+        if self.key in (f.key for f in FLOW):
+            return self.name  # every DiT here reads the same T5 width: the architecture is what tells them apart
         return f"{self.name} (cross-attention width {self.context_dim})"
 
 
@@ -55,8 +57,16 @@ def family_for_context_dim(context_dim: int) -> Family:
 
 
 def family_from_name(text: str) -> Family | None:
-    """Recognise a family from Emplace, kohya (ss_base_model_version) or modelspec names."""
+    """Recognise a family from Emplace, kohya (ss_base_model_version: sd_v1, sdxl_base_v1-0, flux1, sd3) or
+    modelspec names (stable-diffusion-xl-v1-base, flux-1-dev, stable-diffusion-v3-medium, ...)."""
     t = text.lower()
+    for family in (FLUX_FILL, FLUX, SD3):  # first: "stable-diffusion-v3" holds "v3", not "v1"
+        if t == family.key or t.startswith(family.modelspec_architecture):
+            return family
+    if "flux" in t:
+        return FLUX_FILL if "fill" in t else FLUX
+    if "sd3" in t or "stable-diffusion-3" in t or "v3" in t:
+        return SD3
     for family in KNOWN:
         if t == family.key or t.startswith(family.kohya_base_version) or t.startswith(family.modelspec_architecture):
             return family
@@ -69,3 +79,13 @@ def family_from_name(text: str) -> Family | None:
     if "v1" in t or "sd1" in t:
         return SD15
     return None
+
+
+def same_base(a: Family, b: Family) -> bool:
+    """Can a LoRA made for `a` patch `b`? UNets by their context width; DiTs by architecture, Flux Fill counting as
+    Flux (their layers match but for the input projection, which the shape check catches)."""
+    if (a in FLOW) != (b in FLOW):
+        return False
+    if a in FLOW:
+        return (a.key in (FLUX.key, FLUX_FILL.key)) == (b.key in (FLUX.key, FLUX_FILL.key))
+    return a.context_dim == b.context_dim

@@ -17,6 +17,7 @@ from comfy_api.latest import io, ui
 
 from ..emplace.lora import Lora, check_family, check_targets, describe_metadata, load_lora
 from ..emplace.lora.keys import TEXT_ENCODER, TEXT_ENCODER_2, UNET
+from .families import model_family
 from .file_cache import FileCache
 
 TEXT_ENCODERS = {TEXT_ENCODER, TEXT_ENCODER_2}
@@ -38,13 +39,19 @@ def state_dict_for(lora: Lora, components: set[str]) -> dict[str, torch.Tensor]:
             if lora.modules[k.split(".", 1)[0]].component in components}
 
 
-def weight_shapes(key_map: dict[str, str], state_dict: dict[str, torch.Tensor]) -> dict[str, tuple]:
-    return {name: tuple(state_dict[key].shape) for name, key in key_map.items()
-            if isinstance(key, str) and key in state_dict}
-
-
-def model_context_dim(model) -> int | None:
-    return model.model.model_config.unet_config.get("context_dim")
+def weight_shapes(key_map: dict[str, str | tuple], state_dict: dict[str, torch.Tensor]) -> dict[str, tuple]:
+    """The shape each LoRA layer name patches. ComfyUI maps a DiT's separate q/k/v layers onto a slice of the
+    fused weight: (key, (dim, offset, size)[, function]); that layer's shape is the slice's."""
+    shapes = {}
+    for name, target in key_map.items():
+        key, piece = (target, None) if isinstance(target, str) else target[:2]
+        if key not in state_dict:
+            continue
+        shape = list(state_dict[key].shape)
+        if piece is not None:
+            shape[piece[0]] = piece[2]
+        shapes[name] = tuple(shape)
+    return shapes
 
 
 def check_against(lora: Lora, lora_name: str, model=None, clip=None) -> None:
@@ -52,7 +59,7 @@ def check_against(lora: Lora, lora_name: str, model=None, clip=None) -> None:
     targets: dict[str, tuple] = {}
     components: set[str] = set()
     if model is not None:
-        check_family(lora, model_context_dim(model), lora_name)
+        check_family(lora, model_family(model), lora_name)
         targets |= weight_shapes(comfy.lora.model_lora_keys_unet(model.model, {}), model.model.state_dict())
         components.add(UNET)
     if clip is not None:

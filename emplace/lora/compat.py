@@ -1,4 +1,4 @@
-"""Does a LoRA fit a model? Family (SD1.5 / SD2 / SDXL) and per-layer shape checks.
+"""Does a LoRA fit a model? Family (SD1.5 / SD2 / SDXL / Flux / SD3) and per-layer shape checks.
 
 Both run before anything is patched, so a LoRA for another base model is refused with
 a plain sentence instead of a shape error deep in a matrix multiply.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-from ..families import SDXL, Family, family_for_context_dim
+from ..families import FLUX, SD3, SDXL, Family, family_for_context_dim, same_base
 from .convert import Lora
 from .keys import TEXT_ENCODER_2, UNET
 from .metadata import family_from_metadata
@@ -19,8 +19,21 @@ class LoraMismatchError(ValueError):
     """The LoRA was made for a different model than the one it is applied to."""
 
 
+# Layer names only one architecture has (kohya form, as the converter writes every LoRA).
+_FLUX_LAYERS = ("lora_unet_double_blocks_", "lora_unet_single_blocks_", "lora_transformer_single_transformer_blocks_")
+_SD3_LAYERS = ("lora_unet_joint_blocks_",)
+
+
 def lora_family(lora: Lora) -> Family | None:
-    """The base family a LoRA was made for, from its tensors first, then its metadata."""
+    """The base family a LoRA was made for, from its tensors first, then its metadata. A DiT LoRA whose layers
+    both Flux and SD3 have (diffusers' transformer_blocks) is told by its metadata, else by the shape check."""
+    names = list(lora.modules)
+    if any(n.startswith(_FLUX_LAYERS) for n in names):
+        return FLUX
+    if any(n.startswith(_SD3_LAYERS) for n in names):
+        return SD3
+    if any(n.startswith("lora_transformer_") for n in names):
+        return family_from_metadata(lora.metadata)
     if TEXT_ENCODER_2 in lora.components():
         return SDXL
     for m in lora.modules.values():
@@ -30,12 +43,15 @@ def lora_family(lora: Lora) -> Family | None:
     return family_from_metadata(lora.metadata)
 
 
-def check_family(lora: Lora, model_context_dim: int | None, lora_name: str, model_name: str = "the MODEL") -> None:
+def check_family(lora: Lora, model: int | Family | None, lora_name: str, model_name: str = "the MODEL") -> None:
+    """`model` is the model's Family, or (where only its conditioning is at hand) its context width."""
     lora_fam = lora_family(lora)
-    if lora_fam is None or model_context_dim is None:
+    if lora_fam is None or model is None:
         return
-    model_fam = family_for_context_dim(model_context_dim)
-    if lora_fam.context_dim != model_fam.context_dim:
+    model_fam = family_for_context_dim(model) if isinstance(model, int) else model
+    if isinstance(model, int) and lora_fam.context_dim == model:
+        return  # a conditioning's width cannot tell Flux from SD3: the model's own loader checks that
+    if not same_base(lora_fam, model_fam):
         raise LoraMismatchError(
             f"LoRA '{lora_name}' was made for {lora_fam.described}, but {model_name} is {model_fam.described}. "
             f"Use a LoRA made for {model_fam.name}, or the {lora_fam.name} model this LoRA was made for.")

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .keys import ALPHA, DOWN, TEXT_ENCODER_2, UP, UNET, LoraKey, UnsupportedLoraKey, kohya_name, \
-    kohya_tensor_name, parse_key
+from .keys import (ALPHA, DOWN, TEXT_ENCODER_2, UNET, UP, LoraKey, UnsupportedLoraKey, is_dit_diffusers, kohya_name,
+                   kohya_tensor_name, parse_key)
 
 
 class LoraFormatError(ValueError):
@@ -110,6 +110,7 @@ def to_kohya(state_dict: dict[str, torch.Tensor], adapter_config: dict | None = 
         parsed.setdefault(slot, {})[key.part] = state_dict[k]
         originals[slot] = key
 
+    dit_diffusers = is_dit_diffusers(list(originals.values()))
     configs = _component_configs(adapter_config)
     modules: dict[str, LoraModule] = {}
     used_config = False
@@ -130,7 +131,7 @@ def to_kohya(state_dict: dict[str, torch.Tensor], adapter_config: dict | None = 
             scale = _config_scale(configs.get(key.component), key.module)
             used_config |= scale is not None
             alpha = (1.0 if scale is None else scale) * rank
-        name = kohya_name(key, sdxl_text)
+        name = kohya_name(key, sdxl_text, dit_diffusers)
         modules[name] = LoraModule(name, key.component, down, up, alpha)
     if not modules:
         raise LoraFormatError(f"{what} has no LoRA layers")

@@ -14,6 +14,12 @@ parses the other forms:
 - diffusers attention processors: `unet.<…>.attn1.processor.to_q_lora.down.weight` (to_out_lora is to_out.0)
 - LDM (original checkpoint) paths: `diffusion_model.<path>.lora_A.weight` or `.lora_down.weight`
 - kohya itself, passed through.
+
+Flux and SD3 (DiTs): ComfyUI maps kohya/sd-scripts' `lora_unet_<BFL or MMDiT path>` (`double_blocks_0_img_attn_qkv`,
+`joint_blocks_0_x_block_attn_qkv`) and OneTrainer's `lora_transformer_<diffusers path>`, each split q/k/v onto its
+slice of the fused weight. So a diffusers-named DiT layer (`transformer.transformer_blocks.0.attn.to_q`, as diffusers,
+SimpleTuner and ai-toolkit write it, or PEFT's bare `transformer_blocks.0...`) becomes `lora_transformer_...`, and a
+BFL/MMDiT-named one (`diffusion_model.double_blocks.0...`) `lora_unet_...`.
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ UNET = "unet"
 TEXT_ENCODER = "text_encoder"
 TEXT_ENCODER_2 = "text_encoder_2"
 
-KOHYA_PREFIXES = {"lora_unet_": UNET, "lora_te_": TEXT_ENCODER, "lora_te1_": TEXT_ENCODER,
-                  "lora_te2_": TEXT_ENCODER_2}
+KOHYA_PREFIXES = {"lora_unet_": UNET, "lora_transformer_": UNET, "lora_te_": TEXT_ENCODER,
+                  "lora_te1_": TEXT_ENCODER, "lora_te2_": TEXT_ENCODER_2}
+DIT_DIFFUSERS_PREFIX = "lora_transformer_"  # what ComfyUI maps for a diffusers-named Flux / SD3 layer
+_DIT_DIFFUSERS_PATH = re.compile(r"^(single_)?transformer_blocks\.\d")  # a DiT's, never a UNet's (theirs nest)
 
 DOWN, UP, ALPHA = "down", "up", "alpha"
 
@@ -111,8 +119,9 @@ def _text_model_path(path: str) -> str:
     return path if path.startswith("text_model.") else f"text_model.{path}"
 
 
-def kohya_name(key: LoraKey, sdxl_text_encoders: bool) -> str:
-    """The kohya module name (without .lora_down.weight) for a parsed key."""
+def kohya_name(key: LoraKey, sdxl_text_encoders: bool, dit_diffusers: bool = False) -> str:
+    """The kohya module name (without .lora_down.weight) for a parsed key; `dit_diffusers`: the file is a
+    diffusers-named Flux / SD3 LoRA (`is_dit_diffusers`), so even its top-level layers (proj_out) are the DiT's."""
     if key.component == UNET:
         prefix = "lora_unet_"
     elif key.component == TEXT_ENCODER_2:
@@ -120,13 +129,23 @@ def kohya_name(key: LoraKey, sdxl_text_encoders: bool) -> str:
     else:
         prefix = "lora_te1_" if sdxl_text_encoders else "lora_te_"
     if key.kohya_stem:
+        if key.module.startswith(DIT_DIFFUSERS_PREFIX):
+            return key.module
         for p in KOHYA_PREFIXES:
             if key.module.startswith(p):
                 return prefix + key.module[len(p):]
     module = key.module
     if module.startswith("diffusion_model."):  # LDM paths: ComfyUI maps lora_unet_<ldm path> too
         module = module[len("diffusion_model."):]
+    elif key.component == UNET and (dit_diffusers or module.startswith("transformer.")):
+        return DIT_DIFFUSERS_PREFIX + module.removeprefix("transformer.").replace(".", "_")
     return prefix + module.replace(".", "_")
+
+
+def is_dit_diffusers(keys: list[LoraKey]) -> bool:
+    """Are these a diffusers-named Flux / SD3 LoRA? Its bare paths (PEFT's) hold transformer_blocks.N at the top."""
+    return any(k.component == UNET and not k.kohya_stem and _DIT_DIFFUSERS_PATH.match(k.module.removeprefix("transformer."))
+               for k in keys)
 
 
 def kohya_tensor_name(module: str, part: str) -> str:

@@ -19,11 +19,12 @@ VEC_DIM = 32
 
 
 def flux_config(hidden_size: int = 128, num_heads: int = 1, in_channels: int = 16, vec_in_dim: int = VEC_DIM,
-                context_in_dim: int = CONTEXT_DIM) -> dict:
-    """in_channels 96 is Flux Fill's: the noisy latent, the masked image's latent and the mask in 8x8 pixels."""
+                context_in_dim: int = CONTEXT_DIM, mlp_ratio: float = 2.0) -> dict:
+    """in_channels 96 is Flux Fill's: the noisy latent, the masked image's latent and the mask in 8x8 pixels.
+    mlp_ratio 4 is diffusers' (fixed there), for a model whose diffusers twin must have the same shapes."""
     return {
         "image_model": "flux", "in_channels": in_channels, "out_channels": 16, "vec_in_dim": vec_in_dim,
-        "context_in_dim": context_in_dim, "hidden_size": hidden_size, "mlp_ratio": 2.0, "num_heads": num_heads,
+        "context_in_dim": context_in_dim, "hidden_size": hidden_size, "mlp_ratio": mlp_ratio, "num_heads": num_heads,
         "depth": 1, "depth_single_blocks": 1, "axes_dim": [16, 56, 56], "theta": 10000, "patch_size": 2,
         "qkv_bias": True, "guidance_embed": True,
     }

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from emplace.families import SD15, SDXL
+from emplace.families import FLUX, FLUX_FILL, SD15, SDXL
 from emplace.lora import (LoraFormatError, LoraMismatchError, TrainingRecord, build_metadata,
                           check_family, check_targets, describe_metadata, emplace_fields, load_lora,
                           lora_family, save_lora, to_kohya)
@@ -220,3 +220,41 @@ def read_safetensor_keys(path):
 
     with safe_open(str(path), framework="pt") as f:
         return list(f.keys())
+
+
+def _ab(module: str, rank: int = 2, width: int = 8) -> dict[str, torch.Tensor]:
+    return {f"{module}.lora_A.weight": torch.ones(rank, width), f"{module}.lora_B.weight": torch.ones(width, rank)}
+
+
+@pytest.mark.parametrize("prefix", ["transformer.", "base_model.model.", ""])
+def test_diffusers_named_flux_and_sd3_layers_become_what_comfyui_maps(prefix):
+    # diffusers/SimpleTuner/ai-toolkit write transformer.<path>; PEFT bare paths, even top-level ones like proj_out
+    sd = {**_ab(f"{prefix}transformer_blocks.0.attn.to_q"), **_ab(f"{prefix}single_transformer_blocks.0.proj_mlp"),
+          **_ab(f"{prefix}proj_out")}
+    lora = to_kohya(sd)
+    assert set(lora.modules) == {"lora_transformer_transformer_blocks_0_attn_to_q",
+                                 "lora_transformer_single_transformer_blocks_0_proj_mlp", "lora_transformer_proj_out"}
+    assert lora_family(lora).key == "flux"  # single blocks are Flux's alone
+
+
+def test_original_dit_names_pass_as_kohya_and_tell_flux_from_sd3():
+    flux = to_kohya(_ab("diffusion_model.double_blocks.0.img_attn.qkv"))
+    assert list(flux.modules) == ["lora_unet_double_blocks_0_img_attn_qkv"] and lora_family(flux).key == "flux"
+    sd3 = to_kohya({"lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight": torch.ones(2, 8),
+                    "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_up.weight": torch.ones(8, 2)})
+    assert lora_family(sd3).key == "sd3"
+    onetrainer = to_kohya({"lora_transformer_transformer_blocks_0_attn_to_q.lora_down.weight": torch.ones(2, 8),
+                           "lora_transformer_transformer_blocks_0_attn_to_q.lora_up.weight": torch.ones(8, 2)},
+                          metadata={"modelspec.architecture": "stable-diffusion-v3-medium/lora"})
+    assert list(onetrainer.modules) == ["lora_transformer_transformer_blocks_0_attn_to_q"]
+    assert lora_family(onetrainer).key == "sd3"  # layers both have: the metadata tells
+    with pytest.raises(LoraMismatchError, match="made for SD3, but the MODEL is Flux"):
+        check_family(onetrainer, FLUX, "x.safetensors")
+    with pytest.raises(LoraMismatchError, match="made for SD3, but the MODEL is SDXL"):
+        check_family(sd3, SDXL, "x.safetensors")
+    check_family(flux, FLUX_FILL, "x.safetensors")  # Flux Fill shares Flux's blocks
+
+
+def test_sd_unet_paths_with_nested_transformer_blocks_stay_lora_unet():
+    lora = to_kohya(_ab("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"))
+    assert list(lora.modules) == ["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"]
