@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-from ..families import FLUX, SD3, SDXL, Family, family_for_context_dim, same_base
+from ..families import FLOW, FLUX, KNOWN, SD3, SDXL, Family, family_for_context_dim, same_base
 from .convert import Lora
 from .keys import TEXT_ENCODER_2, UNET
 from .metadata import family_from_metadata
@@ -49,8 +49,8 @@ def check_family(lora: Lora, model: int | Family | None, lora_name: str, model_n
     if lora_fam is None or model is None:
         return
     model_fam = family_for_context_dim(model) if isinstance(model, int) else model
-    if isinstance(model, int) and lora_fam.context_dim == model:
-        return  # a conditioning's width cannot tell Flux from SD3: the model's own loader checks that
+    if isinstance(model, int) and lora_fam in FLOW and model_fam not in KNOWN:
+        return  # a width tells a DiT LoRA only from the UNets' widths, not Flux from SD3: ComfyUI's patching does
     if not same_base(lora_fam, model_fam):
         raise LoraMismatchError(
             f"LoRA '{lora_name}' was made for {lora_fam.described}, but {model_name} is {model_fam.described}. "

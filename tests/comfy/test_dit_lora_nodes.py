@@ -171,3 +171,36 @@ def test_a_lora_for_another_architecture_is_refused_by_name(comfy, tmp_path):
         load(comfy, flux, "sd3_kohya.safetensors")
     with pytest.raises(ValueError, match="made for Flux, but the MODEL is a custom model"):
         load(comfy, tiny_model(), "flux_kohya.safetensors")
+
+
+def text(seed: int) -> list:
+    """A CONDITIONING as the DiT's text encoders give it, at the tiny models' 64-wide context and pooled output."""
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, 8, 64, generator=g), {"pooled_output": torch.randn(1, 64, generator=g)}]]
+
+
+def one_step(comfy, model, positive, negative) -> torch.Tensor:
+    latent = {"samples": torch.zeros(1, 16, 8, 8)}
+    return comfy.nodes.common_ksampler(model, 7, 1, 1.0, "euler", "simple", positive, negative, latent)[0]["samples"]
+
+
+@pytest.mark.parametrize("form", ["diffusers", "kohya"])
+def test_a_regional_dit_lora_changes_only_the_masked_region(comfy, dit, form, caplog):
+    kind, model = dit
+    caplog.set_level(logging.WARNING)
+    name = f"{kind}_{form}.safetensors"
+    write_form(comfy.loras / name, kind, form, model)
+    positive, negative = text(1), text(2)
+    mask = torch.zeros(1, 64, 64)
+    mask[:, :, :32] = 1  # the left half: latent columns 0-3, whole 2x2 patches
+    lora_model, _ = load(comfy, model, name)
+    # one step: every latent pixel is the prediction at that pixel, so the regions are exact
+    base, full = one_step(comfy, model, positive, negative), one_step(comfy, lora_model, positive, negative)
+    rpos, rneg = comfy.node["EmplaceRegionalPreferenceLora"].execute(
+        positive=positive, negative=negative, mask=mask, lora_name=name, strength=1.0, start_percent=0.0,
+        end_percent=1.0).args
+    region = one_step(comfy, model, rpos, rneg)
+    torch.testing.assert_close(region[..., 4:], base[..., 4:], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(region[..., :4], full[..., :4], rtol=1e-4, atol=1e-4)
+    assert (region[..., :4] - base[..., :4]).abs().max() > 1e-3
+    assert warnings_in(caplog) == []  # the hook patched every layer too
