@@ -1,4 +1,4 @@
-"""Diffusers models for training: one small interface over the toy model and SD1.5/SDXL folders.
+"""Diffusers models for training: one small interface over the toy model, SD1.5/SDXL and Flux/SD3 folders.
 
 A backend turns images into the UNet's space, prompts into its conditioning, and builds
 the extra inputs of inpainting UNets (mask + masked image, as the diffusers inpainting
@@ -55,6 +55,35 @@ class Backend:
                guidance: float = 5.0, seed: int = 0) -> torch.Tensor:
         """[B, 3, H, W] in 0..1: inpaint `images` at `masks` (inpainting models) or draw from the prompts."""
         raise NotImplementedError
+
+    # How training noises and predicts. UNets: DDPM timesteps from the scheduler, an epsilon or v target, the
+    # UNet's call; the flow-matching DiTs (flow_backend.py) override all three.
+
+    def draw_timesteps(self, generators: list[torch.Generator], low: float, high: float,
+                       fixed: tuple[float, ...] = ()) -> torch.Tensor:
+        """One timestep per generator from [low, high) of the training schedule (uniform, as the UNets were
+        trained), or one of `fixed` (fractions of the schedule)."""
+        total = self.scheduler.config.num_train_timesteps
+        if fixed:
+            return torch.cat([torch.tensor(fixed)[torch.randint(len(fixed), (1,), generator=g)] * (total - 1)
+                              for g in generators]).round().long()
+        lo, hi = int(low * total), max(int(high * total), int(low * total) + 1)
+        return torch.cat([torch.randint(lo, hi, (1,), generator=g) for g in generators])
+
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The noisy input at `t` and what the model should predict there."""
+        sched = self.scheduler
+        noisy = sched.add_noise(x0, noise, t)
+        target = sched.get_velocity(x0, noise, t) if sched.config.prediction_type == "v_prediction" else noise
+        return noisy, target
+
+    def predict(self, model, noisy: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+        """The model's prediction (`model` is the denoiser, perhaps wrapped for DDP); `noisy` already carries an
+        inpainting model's extra channels; `cond` is `encode_prompts`' dict, one row per sample."""
+        kwargs = {"encoder_hidden_states": cond["encoder_hidden_states"]}
+        if cond.get("added_cond_kwargs"):
+            kwargs["added_cond_kwargs"] = cond["added_cond_kwargs"]
+        return model(noisy, t, **kwargs).sample
 
     def inpaint_inputs(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """[B, 1 + latent channels, h, w]: the mask at latent size and the masked image's latents."""
@@ -166,9 +195,7 @@ class StableDiffusionBackend(Backend):
         return [self.vae, *self.encoders]
 
     def encode_images(self, images):
-        latents = self.vae.encode(images.to(self.vae.device, self.vae.dtype) * 2 - 1).latent_dist.mean
-        shift = self.vae.config.get("shift_factor") or 0.0
-        return (latents - shift) * self.vae.config.scaling_factor
+        return vae_latents(self.vae, images)
 
     def text_encoders(self):
         return self.encoders
@@ -212,7 +239,15 @@ class StableDiffusionBackend(Backend):
         return out.float().cpu().clamp(0, 1)
 
 
-ENCODER_PARTS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "emplace_toy.json")
+def vae_latents(vae, images: torch.Tensor) -> torch.Tensor:
+    """Images in 0..1 -> the model's latents (the VAE's mean, shifted and scaled as its config says)."""
+    latents = vae.encode(images.to(vae.device, vae.dtype) * 2 - 1).latent_dist.mean
+    shift = vae.config.get("shift_factor") or 0.0
+    return (latents - shift) * vae.config.scaling_factor
+
+
+ENCODER_PARTS = ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3",
+                 "emplace_toy.json")
 
 
 def folder_key(folder: Path) -> str:
@@ -231,8 +266,8 @@ def folder_key(folder: Path) -> str:
 
 
 def load_backend(path: str | Path, resolution: int | None = None, config: str | Path | None = None) -> Backend:
-    """A toy model folder, a diffusers SD folder, or a single-file SD checkpoint with `config`, a local
-    diffusers folder of the same architecture (its configs and tokenizers; its weights are not read)."""
+    """A toy model folder; a diffusers SD, Flux, Flux Fill or SD3 folder; or a single-file checkpoint with `config`,
+    a local diffusers folder of the same architecture (its configs and tokenizers; its weights are not read)."""
     path = Path(path)
     if not path.exists():
         raise ModelFolderError(f"model '{path}' does not exist")
@@ -240,8 +275,12 @@ def load_backend(path: str | Path, resolution: int | None = None, config: str | 
         return StableDiffusionBackend.from_single_file(path, Path(config) if config else None, resolution)
     if (path / "emplace_toy.json").is_file():
         return ToyBackend(path)
+    if (path / "transformer").is_dir():
+        from .flow_backend import FlowBackend
+
+        return FlowBackend(path, resolution)
     if (path / "model_index.json").is_file() or (path / "unet").is_dir():
         return StableDiffusionBackend.from_folder(path, resolution)
-    raise ModelFolderError(f"'{path}' is neither an Emplace toy model nor a diffusers SD folder "
+    raise ModelFolderError(f"'{path}' is neither an Emplace toy model nor a diffusers SD, Flux or SD3 folder "
                            f"(found: {', '.join(sorted(p.name for p in path.iterdir())[:8]) or 'nothing'})")
 

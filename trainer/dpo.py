@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from emplace.families import FLOW
 from emplace.files import load_image
 from emplace.preference import losses
 from emplace.weights import load_safetensors, save_safetensors
@@ -32,8 +33,8 @@ from .loop import train as run_loop
 
 @dataclass(kw_only=True)
 class DPOConfig(TrainingConfig):
-    model: Path = setting(help="a diffusers folder or single-file checkpoint (SD1.5/SDXL, 4- or 9-channel), "
-                               "or a toy model folder")
+    model: Path = setting(help="a diffusers folder (SD1.5/SDXL, 4- or 9-channel; Flux, Flux Fill, SD3), a "
+                               "single-file SD checkpoint, or a toy model folder")
     data: Path = setting(help="a folder with pairs.jsonl, or Pick-a-Pic rows (.parquet or rows.jsonl)")
     output: Path = setting(help="the LoRA .safetensors to write")
     model_config: Path | None = setting(None, "for a single-file checkpoint: a local diffusers folder with its configs")
@@ -51,6 +52,8 @@ class DPOConfig(TrainingConfig):
     timestep_low: float = setting(0.0, "timesteps are drawn uniformly from [low, high) of the training schedule",
                                   low=0.0, high=1.0)
     timestep_high: float = setting(1.0, "see timestep_low", low=0.0, high=1.0)
+    fixed_timesteps: str = setting("", "draw each pair's timestep from these fractions of the schedule instead "
+                                       "(comma-separated; flow models: these sigmas), e.g. 0.25,0.5,0.75")
     loser_kinds: str = setting("", "train only on pairs whose 'kind' is one of these (comma-separated; "
                                    "empty: every pair)")
     heldout: Path | None = setting(None, "a second pairs folder, never trained on, whose implicit accuracy is "
@@ -75,9 +78,18 @@ class DPOConfig(TrainingConfig):
     validation_guidance: float = setting(5.0, "guidance scale of the validation images", low=0.0)
     cache: bool = setting(True, "cache the encoded pairs on disk")
 
+    @property
+    def fixed_timestep_values(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in self.fixed_timesteps.split(",") if v.strip())
+
     def validate(self) -> None:
         super().validate()
         problems = []
+        try:
+            if not all(0 <= v <= 1 for v in self.fixed_timestep_values):
+                problems.append(f"'fixed_timesteps' ({self.fixed_timesteps}) must be fractions between 0 and 1")
+        except ValueError:
+            problems.append(f"'fixed_timesteps' ({self.fixed_timesteps!r}) must be numbers separated by commas")
         if self.timestep_low >= self.timestep_high:
             problems.append(f"'timestep_low' ({self.timestep_low}) must be below 'timestep_high' "
                             f"({self.timestep_high})")
@@ -202,18 +214,18 @@ def adapters_disabled(modules):
             m.enable_adapters()
 
 
-def unet_conditioning(cond: dict, rep) -> dict:
-    kwargs = {"encoder_hidden_states": rep(cond["encoder_hidden_states"])}
+def per_sample(cond: dict, rep) -> dict:
+    """The prompts' conditioning with one row per sample (each pair's winners, then the losers)."""
+    out = {"encoder_hidden_states": rep(cond["encoder_hidden_states"])}
     if cond.get("added_cond_kwargs"):
-        kwargs["added_cond_kwargs"] = {k: rep(v) for k, v in cond["added_cond_kwargs"].items()}
-    return kwargs
+        out["added_cond_kwargs"] = {k: rep(v) for k, v in cond["added_cond_kwargs"].items()}
+    return out
 
 
 def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, reference_unet,
                     beta: float | None = None) -> losses.PreferenceLoss:
     """One batch's loss: the method's preference term (at `beta`, default the config's) plus the
     anchors, with the diagnostics (gradient factor, error ratios inside and outside the mask)."""
-    sched = backend.scheduler
     method = losses.METHODS[config.method]
     winners, loser, mask = batch["winners"], batch["loser"], batch["mask"]
     device = loser.device
@@ -222,10 +234,8 @@ def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, re
     # nor on the device (drawn on the CPU, then moved)
     gens = [torch.Generator().manual_seed(config.seed * 1_000_003 + step * 100_003 + int(i)) for i in batch["index"]]
     noise = torch.stack([torch.randn(loser.shape[1:], generator=g) for g in gens]).to(device)
-    steps_total = sched.config.num_train_timesteps
-    low, high = int(config.timestep_low * steps_total), max(int(config.timestep_high * steps_total),
-                                                            int(config.timestep_low * steps_total) + 1)
-    t = torch.cat([torch.randint(low, high, (1,), generator=g) for g in gens]).to(device)
+    t = backend.draw_timesteps(gens, config.timestep_low, config.timestep_high,
+                                 config.fixed_timestep_values).to(device)
     # some prompts replaced by the empty prompt, as the Diffusion-DPO code does
     dropped = torch.cat([torch.rand(1, generator=g) for g in gens]) < config.empty_prompt
     inpaint = batch.get("inpaint")
@@ -241,8 +251,7 @@ def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, re
     x0 = torch.cat([winners.flatten(0, 1), loser])
     noise_all = torch.cat([noise.repeat_interleave(k, 0), noise])
     t_all = torch.cat([t.repeat_interleave(k), t])
-    noisy = sched.add_noise(x0, noise_all, t_all)
-    target = sched.get_velocity(x0, noise_all, t_all) if sched.config.prediction_type == "v_prediction" else noise_all
+    noisy, target = backend.noised(x0, noise_all, t_all)
     if w_extra is not None:
         noisy = torch.cat([noisy, torch.cat([w_extra.repeat_interleave(k, 0), l_extra])], 1)
     rep = lambda x: torch.cat([x.repeat_interleave(k, 0), x])
@@ -256,13 +265,13 @@ def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, re
         text = torch.where(dropped.to(device)[:, None, None], batch["empty_text"][:1], batch["text"])
         added = {key.split(".", 1)[1]: v for key, v in batch.items() if key.startswith("added.")}
         policy_cond = reference_cond = {"encoder_hidden_states": text, "added_cond_kwargs": added}
-    kwargs, reference_kwargs = unet_conditioning(policy_cond, rep), unet_conditioning(reference_cond, rep)
+    policy_cond, reference_cond = per_sample(policy_cond, rep), per_sample(reference_cond, rep)
 
     with torch.no_grad(), adapters_disabled([reference_unet]):
         # the reference first: toggling the adapter must not touch the policy's graph
-        ref = reference_unet(noisy, t_all, **reference_kwargs).sample
+        ref = backend.predict(reference_unet, noisy, t_all, reference_cond)
     ref_err = (ref.float() - target.float()) ** 2
-    pred = unet(noisy, t_all, **kwargs).sample
+    pred = backend.predict(unet, noisy, t_all, policy_cond)
     err = (pred.float() - target.float()) ** 2
     e_w, e_l = err[: b * k].unflatten(0, (b, k)), err[b * k:]
     r_w, r_l = ref_err[: b * k].unflatten(0, (b, k)), ref_err[b * k:]
@@ -309,6 +318,8 @@ def train(config: DPOConfig, resume: bool = False) -> int:
     heldout_pairs = load_pairs(config.heldout) if config.heldout is not None else []
     with phase(f"loading {config.model}", main):
         backend = load_backend(config.model, config.resolution or None, config.model_config)
+    if config.train_text_encoder and backend.family in FLOW:
+        raise ConfigError(f"'train_text_encoder' is for SD1.5/SDXL; {backend.family} trains its transformer only")
     for module in (backend.unet, *backend.text_encoders()):
         module.requires_grad_(False)
     lora_alpha = config.lora_alpha or config.rank

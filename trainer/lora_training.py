@@ -7,10 +7,14 @@ from pathlib import Path
 
 import torch
 
+# Layer names as diffusers calls them; a name a model lacks is skipped (add_* and ff_context are the DiTs' text
+# stream, proj_mlp Flux's single blocks).
+_ATTENTION = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
+_FEED_FORWARD = ["ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp"]
 TARGETS = {
-    "attention": ["to_q", "to_k", "to_v", "to_out.0"],
-    "attention+ff": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"],
-    "all": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out", "conv1", "conv2"],
+    "attention": _ATTENTION,
+    "attention+ff": _ATTENTION + _FEED_FORWARD,
+    "all": _ATTENTION + _FEED_FORWARD + ["proj_in", "proj_out", "conv1", "conv2"],
 }
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
