@@ -7,6 +7,7 @@ The pack is copied into a custom_nodes folder under another name and registered 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -29,12 +30,18 @@ def free_port() -> int:
 
 
 class ComfyServer:
-    def __init__(self, comfyui: Path, pack_root: Path, base: Path, extra_args: tuple[str, ...] = ()):
+    def __init__(self, comfyui: Path, pack_root: Path, base: Path, extra_args: tuple[str, ...] = (),
+                 test_nodes: Path | None = None):
+        """`test_nodes`: a test-only custom node folder, installed beside the pack (tiny models the loaders cannot
+        make); it imports the helpers in tests/comfy."""
         self.base = base
         self.pack_dir = base / "custom_nodes" / "emplace-under-test"
         self.pack_module = self.pack_dir.name  # what ComfyUI names the pack's workflow templates by
         shutil.copytree(pack_root, self.pack_dir, ignore=shutil.ignore_patterns(
             ".git", ".venv", "__pycache__", ".pytest_cache", "runs", "out"))
+        if test_nodes is not None:
+            shutil.copytree(test_nodes, base / "custom_nodes" / test_nodes.name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
         for name in ("loras", "checkpoints", "location_models", "input", "output", "temp", "user"):
             (base / name).mkdir(parents=True, exist_ok=True)
         config = base / "extra_model_paths.yaml"
@@ -50,7 +57,8 @@ class ComfyServer:
              "--input-directory", str(base / "input"), "--output-directory", str(base / "output"),
              "--temp-directory", str(base / "temp"), "--user-directory", str(base / "user"),
              "--database-url", "sqlite:///:memory:", *extra_args],
-            cwd=comfyui, stdout=self._log, stderr=subprocess.STDOUT)
+            cwd=comfyui, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, "EMPLACE_TEST_HELPERS": str(Path(__file__).resolve().parent)})
 
     # -- life cycle ----------------------------------------------------------------------
     def wait_ready(self, timeout: float = 180) -> None:

@@ -87,7 +87,7 @@ def server(comfy, tmp_path_factory):
     from comfy_server import ComfyServer
 
     base = tmp_path_factory.mktemp("comfy_server")
-    srv = ComfyServer(COMFYUI, PACK_ROOT, base)
+    srv = ComfyServer(COMFYUI, PACK_ROOT, base, test_nodes=HERE / "server_test_nodes")
     try:
         ckpt = write_sd15_checkpoint(base / "checkpoints" / "tiny_sd15.safetensors")
         model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(ckpt))

@@ -314,3 +314,25 @@ def test_the_shared_insert_where_it_belongs_workflow_runs_with_and_without_the_o
     (viewed,) = images(server, server.run(with_view), "10")
     changed = np.abs(viewed.astype(int) - picture.astype(int)).max(-1) > 0
     assert changed.any() and not changed[~reach].any()
+
+
+def test_the_shared_flux_fill_workflow_runs_on_a_tiny_flux_fill(server):
+    """Everything after the loaders as shipped; the three loaders give way to a tiny Flux Fill (see
+    server_test_nodes: 0.3.64 cannot load one from a file)."""
+    picture = (np.random.default_rng(5).random((80, 96, 3)) * 255).astype(np.uint8)
+    Image.fromarray(picture).save(server.base / "input" / "flux_fill.png")
+    workflow = json.loads((WORKFLOWS / "flux_fill_iterative_inpaint.json").read_text())
+    prompt = ui_to_api(workflow, server.get_json("/object_info"), overrides={
+        4: {"image": "flux_fill.png"}, 6: {"steps": 2, "target_resolution": 64}})
+    assert prompt["6"]["inputs"]["cfg"] == 1.0 and prompt["6"]["inputs"]["guidance"] == 0.0
+    assert [prompt[n]["class_type"] for n in "123"] == ["UNETLoader", "DualCLIPLoader", "VAELoader"]
+    prompt["1"] = {"class_type": "EmplaceTestTinyFluxFill", "inputs": {}}
+    del prompt["2"], prompt["3"]
+    prompt["6"]["inputs"] |= {"clip": ["1", 1], "vae": ["1", 2]}
+    history = server.run(prompt)
+    (img,) = images(server, history, "7")
+    assert img.shape == picture.shape
+    changed = np.abs(img.astype(int) - picture.astype(int)).max(-1) > 0
+    # the boxes (fractions of 96 x 80) were painted, and beyond grow 4 + feather 8 nothing changed
+    assert changed[44:60, 14:30].mean() > 0.5 and changed[20:52, 56:74].mean() > 0.5
+    assert changed.any() and not changed[:, 90:].any() and not changed[:3].any()

@@ -44,3 +44,46 @@ def test_a_trained_lora_patches_every_layer_of_the_matching_comfy_model(comfy, t
     assert len(stock_clip.patcher.patches) == len(pack_clip.patcher.patches) == n_text
     assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()]
 
+
+
+@pytest.mark.parametrize("kind", ["flux", "sd3"])
+def test_a_trained_flux_or_sd3_lora_patches_every_layer_through_both_loaders(comfy, tmp_path, caplog, kind):
+    """The trainer's DiT LoRA on ComfyUI's own model: SD3 is the same transformer loaded by the stock UNETLoader;
+    Flux is built from ComfyUI's classes with the same shapes (0.3.64's loader infers only full-width Flux)."""
+    import folder_paths
+    from comfy.model_base import SD3
+    from emplace.files import save_image, write_jsonl
+    from emplace.lora import load_lora
+    from emplace.testing.tiny_dit import write_tiny_flux, write_tiny_sd3
+    from trainer.dpo import DPOConfig, train
+
+    folder = (write_tiny_flux if kind == "flux" else write_tiny_sd3)(tmp_path / kind)
+    data = tmp_path / "pairs"
+    save_image(torch.zeros(3, 64, 64), data / "w.png")
+    save_image(torch.ones(3, 64, 64), data / "l.png")
+    write_jsonl(data / "pairs.jsonl", [{"prompt": "x", "winner": "w.png", "loser": "l.png"}])
+    name = f"trained_{kind}_dpo.safetensors"
+    train(DPOConfig(model=folder, data=data, output=comfy.loras / name, work=tmp_path / "work", steps=2, lr=1e-3,
+                    rank=4, resolution=64, targets="all"))
+    if kind == "sd3":  # as a user holds it: the transformer alone, in models/diffusion_models
+        models = tmp_path / "diffusion_models"
+        models.mkdir()
+        (models / "tiny_sd3.safetensors").symlink_to(folder / "transformer" / "diffusion_pytorch_model.safetensors")
+        folder_paths.add_model_folder_path("diffusion_models", str(models))
+        (model,) = comfy.nodes.UNETLoader().load_unet("tiny_sd3.safetensors", "default")
+        assert isinstance(model.model, SD3)
+    else:
+        from tiny_flux import tiny_flux
+
+        model = tiny_flux(vec_in_dim=64, mlp_ratio=4.0)
+
+    caplog.set_level(logging.WARNING)
+    (stock,) = comfy.nodes.LoraLoaderModelOnly().load_lora_model_only(model, name, 1.0)
+    pack, _, info = comfy.node["EmplaceLoadPreferenceLora"].execute(
+        model=model, lora_name=name, strength_model=1.0, strength_clip=0.0, clip=None).args
+    assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()]
+    layers = len(load_lora(comfy.loras / name).modules)
+    assert f"{name}: {layers} layers" in info and "method: dpo" in info
+    # one patch per trained layer (q, k and v on slices of one fused weight), the same through both loaders
+    assert sum(len(p) for p in stock.patches.values()) == sum(len(p) for p in pack.patches.values()) == layers
+    assert set(stock.patches) == set(pack.patches)

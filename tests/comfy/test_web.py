@@ -329,9 +329,11 @@ def test_every_shared_workflow_opens_with_no_missing_node_and_no_error(ui, name,
 
 def frontends_own_traffic(console_error: str, server_url: str) -> bool:
     """What the frontend fetches for itself whatever the workflow: release news from api.comfy.org (no internet
-    here) and user files a fresh server has not got yet (404 under /api/userdata/)."""
+    here), user files a fresh server has not got yet (404 under /api/userdata/) and core's template index (404 under
+    /templates/: the comfyui-workflow-templates package is not installed here)."""
     url = console_error.rsplit("(", 1)[-1].rstrip(")")
-    return url.startswith("http") and (not url.startswith(server_url) or "/api/userdata/" in url)
+    own = ("/api/userdata/", f"{server_url}/templates/")
+    return url.startswith("http") and (not url.startswith(server_url) or any(part in url for part in own))
 
 
 def take_thumbnail(page, path: Path, side: int = 2000, saved: int = 768) -> None:
