@@ -272,13 +272,17 @@ def load_backend(path: str | Path, resolution: int | None = None, config: str | 
     if not path.exists():
         raise ModelFolderError(f"model '{path}' does not exist")
     if path.is_file():
+        from .flow_backend import FlowBackend, transformer_family
+
+        if transformer_family(path) is not None:
+            return FlowBackend.from_single_file(path, Path(config) if config else None, resolution)
         return StableDiffusionBackend.from_single_file(path, Path(config) if config else None, resolution)
     if (path / "emplace_toy.json").is_file():
         return ToyBackend(path)
     if (path / "transformer").is_dir():
         from .flow_backend import FlowBackend
 
-        return FlowBackend(path, resolution)
+        return FlowBackend.from_folder(path, resolution)
     if (path / "model_index.json").is_file() or (path / "unet").is_dir():
         return StableDiffusionBackend.from_folder(path, resolution)
     raise ModelFolderError(f"'{path}' is neither an Emplace toy model nor a diffusers SD, Flux or SD3 folder "

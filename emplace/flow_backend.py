@@ -18,15 +18,73 @@ from .diffusion import Backend, ModelFolderError, folder_key, vae_latents
 from .families import FLUX, FLUX_FILL, SD3
 
 
+# Layer names only one architecture's transformer has, in ComfyUI's / BFL's file form and in diffusers' form.
+_FLUX_KEYS = ("double_blocks.", "single_blocks.", "single_transformer_blocks.")
+_SD3_DIFFUSERS_KEYS = ("transformer_blocks.", "context_embedder.", "pos_embed")  # Flux has no pos_embed
+_FILE_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.")
+REFERENCE_CONFIGS = {FLUX.key: "black-forest-labs/FLUX.1-dev", FLUX_FILL.key: "black-forest-labs/FLUX.1-Fill-dev",
+                     SD3.key: "stabilityai/stable-diffusion-3.5-medium (or -large, as the file's width says)"}
+
+
+def transformer_family(path: Path):
+    """Flux, Flux Fill or SD3 when the safetensors file at `path` is such a transformer (the tensors' names and the
+    input width; nothing is loaded), else None: not a DiT, or not a readable safetensors file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            keys = [k for k in f.keys()]
+            names = [next((k[len(p):] for p in _FILE_PREFIXES if k.startswith(p)), k) for k in keys]
+            if any(n.startswith(_FLUX_KEYS) for n in names):
+                image_in = next((k for k, n in zip(keys, names) if n in ("img_in.weight", "x_embedder.weight")), None)
+                width = f.get_slice(image_in).get_shape()[1] if image_in else 64
+                return FLUX_FILL if width > 2 * 64 else FLUX
+            if any(n.startswith("joint_blocks.") for n in names) or all(
+                    any(n.startswith(k) for n in names) for k in _SD3_DIFFUSERS_KEYS):
+                return SD3
+    except Exception:  # a pickle or a broken file: the SD path refuses it with the reason
+        return None
+    return None
+
+
 class FlowBackend(Backend):
     """A diffusers Flux, Flux Fill or SD3 folder (model_index.json, transformer/, vae/, text encoders, tokenizers,
-    scheduler/). Nothing is downloaded: every part must be in the folder."""
+    scheduler/), or the transformer alone in one file with such a folder for the rest. Nothing is downloaded."""
 
-    def __init__(self, folder: Path, resolution: int | None = None):
+    @classmethod
+    def from_folder(cls, folder: Path, resolution: int | None = None) -> FlowBackend:
+        return cls(folder, resolution)
+
+    @classmethod
+    def from_single_file(cls, path: Path, config: Path | None, resolution: int | None = None) -> FlowBackend:
+        """The transformer as ComfyUI users hold it (models/diffusion_models: BFL / ComfyUI names, or diffusers'),
+        the rest (VAE, text encoders, tokenizers, scheduler) from `config`, a local diffusers folder of the family."""
+        family = transformer_family(path)
+        if config is None:
+            raise ModelFolderError(
+                f"'{path}' is a {family} transformer alone (as ComfyUI keeps it in models/diffusion_models). The rest "
+                f"of the model is needed locally (nothing is downloaded): set model_config to a diffusers {family} "
+                f"folder such as {REFERENCE_CONFIGS[family.key]}, with its vae, text encoders, tokenizers and "
+                "scheduler (its transformer weights are not read).")
+        from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+        from safetensors.torch import load_file
+
+        kind = SD3Transformer2DModel if family is SD3 else FluxTransformer2DModel
+        weights = load_file(str(path))
+        if any(k.startswith(("transformer_blocks.", "single_transformer_blocks.")) for k in weights):
+            transformer = kind.from_config(kind.load_config(config / "transformer"))  # diffusers' own names
+            transformer.load_state_dict(weights)
+        else:
+            transformer = kind.from_single_file(weights, config=str(config), subfolder="transformer",
+                                                local_files_only=True)
+        return cls(config, resolution, transformer=transformer)
+
+    def __init__(self, folder: Path, resolution: int | None = None, transformer=None):
         from diffusers import DiffusionPipeline
 
+        parts = {"transformer": transformer} if transformer is not None else {}
         try:
-            self.pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True)
+            self.pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True, **parts)
         except (OSError, ValueError) as e:
             raise ModelFolderError(f"'{folder}' is not a complete diffusers Flux/SD3 folder (nothing is downloaded): "
                                    f"{e}") from None
@@ -41,7 +99,7 @@ class FlowBackend(Backend):
         inpainting = self.flux and self.unet.config.in_channels > 2 * 4 * self.latent_channels
         self.family = FLUX_FILL if inpainting else FLUX if self.flux else SD3
         self.resolution = resolution or self.family.resolution
-        self.key = folder_key(folder)
+        self.key = folder_key(folder)  # what the cached latents and text depend on: the VAE and text encoders
         self.encoders = [m for m in (getattr(self.pipe, f"text_encoder{s}", None) for s in ("", "_2", "_3"))
                          if m is not None]
         for encoder in self.encoders:

@@ -87,3 +87,24 @@ def test_a_trained_flux_or_sd3_lora_patches_every_layer_through_both_loaders(com
     # one patch per trained layer (q, k and v on slices of one fused weight), the same through both loaders
     assert sum(len(p) for p in stock.patches.values()) == sum(len(p) for p in pack.patches.values()) == layers
     assert set(stock.patches) == set(pack.patches)
+
+
+
+def test_the_trainer_reads_an_sd3_transformer_saved_in_comfyuis_own_form(comfy, tmp_path):
+    """An SD3 transformer as ComfyUI holds it (MMDiT names: joint_blocks, fused qkv) becomes diffusers' layers.
+    (Flux's BFL form converts through the same diffusers code, which assumes Flux's full 3072 width: not testable
+    on a tiny Flux.)"""
+    from safetensors.torch import save_file
+    from tiny_flux import tiny_sd3
+
+    from emplace.diffusion import load_backend
+    from emplace.testing.tiny_dit import write_tiny_sd3
+
+    weights = {k: v.contiguous() for k, v in tiny_sd3(seed=5).model.diffusion_model.state_dict().items()}
+    save_file(weights, str(tmp_path / "sd3-tiny.safetensors"))
+    backend = load_backend(tmp_path / "sd3-tiny.safetensors", 64, write_tiny_sd3(tmp_path / "config"))
+    t = backend.unet
+    assert backend.family.key == "sd3"
+    torch.testing.assert_close(t.pos_embed.proj.weight, weights["x_embedder.proj.weight"])
+    q, k, v = weights["joint_blocks.0.x_block.attn.qkv.weight"].chunk(3)
+    torch.testing.assert_close(t.transformer_blocks[0].attn.to_k.weight, k)

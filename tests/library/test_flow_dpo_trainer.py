@@ -140,3 +140,18 @@ def test_flow_models_refuse_text_encoder_training_plainly(tmp_path, flow_models,
 
     with pytest.raises(ConfigError, match="'train_text_encoder' is for SD1.5/SDXL; Flux trains its transformer only"):
         train(tmp_path, flow_models["flux"], pairs, steps=1, train_text_encoder=True)
+
+
+@pytest.mark.parametrize("model", ["flux", "sd3"])
+def test_a_transformer_alone_trains_with_a_local_config_folder(tmp_path, flow_models, pairs, model):
+    """As ComfyUI users hold it: the transformer in one file (models/diffusion_models); the rest from a local folder."""
+    from emplace.diffusion import ModelFolderError, load_backend
+
+    single = tmp_path / f"{model}_transformer.safetensors"
+    shutil.copy(flow_models[model] / "transformer" / "diffusion_pytorch_model.safetensors", single)
+    name = "Flux" if model == "flux" else "SD3"
+    with pytest.raises(ModelFolderError, match=f"is a {name} transformer alone .* set model_config to a diffusers"):
+        load_backend(single)
+    config, after = train(tmp_path, single, pairs, steps=2, model_config=flow_models[model])
+    assert load_backend(single, 64, flow_models[model]).family.key == model
+    assert read_metadata(config.output)["emplace.base_family"] == model
