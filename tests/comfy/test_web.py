@@ -329,10 +329,13 @@ def test_every_shared_workflow_opens_with_no_missing_node_and_no_error(ui, name,
 
 def frontends_own_traffic(console_error: str, server_url: str) -> bool:
     """What the frontend fetches for itself whatever the workflow: release news from api.comfy.org (no internet
-    here), user files a fresh server has not got yet (404 under /api/userdata/) and core's template index (404 under
-    /templates/: the comfyui-workflow-templates package is not installed here)."""
+    here), user files a fresh server has not got yet (404 under /api/userdata/), core's template index (404 under
+    /templates/: the comfyui-workflow-templates package is not installed here) and, for frontends newer than the
+    core (1.58 on), the job list (404 on /api/jobs, which ComfyUI 0.3.64 does not serve, logged again as JobsApiError)."""
+    if "JobsApiError" in console_error:
+        return True
     url = console_error.rsplit("(", 1)[-1].rstrip(")")
-    own = ("/api/userdata/", f"{server_url}/templates/")
+    own = ("/api/userdata/", f"{server_url}/templates/", f"{server_url}/api/jobs")
     return url.startswith("http") and (not url.startswith(server_url) or any(part in url for part in own))
 
 
