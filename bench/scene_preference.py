@@ -61,9 +61,18 @@ SWEEP: dict[str, dict] = {
     "anchored+low-noise": ANCHORED | {"timestep_high": 0.6},
     "anchored+asap-sigmoid-tau0.1": ANCHORED | {"link": "sigmoid", "tau": 0.1},
 }
-# the gain per loser kind: the anchored recipe on pairs of one kind only
+# The recipe of the table with error bars (consistency only, no sft), and what the sweep tries on top of it.
+CONSISTENCY = SWEEP["anchored-consistency-only"]
+SWEEP |= {
+    "consistency+auto-beta": CONSISTENCY | {"beta_target": 0.3},
+    "consistency+low-noise": CONSISTENCY | {"timestep_high": 0.6},
+    "consistency+lr5e-5": CONSISTENCY | {"lr": 5e-5},
+    "consistency+in-mask": CONSISTENCY | {"preference_region": "mask"},
+    "consistency+sigmoid-tau0.1": CONSISTENCY | {"link": "sigmoid", "tau": 0.1},  # asap only
+}
+# the gain per loser kind: the error-bar recipe on pairs of one kind only
 KIND_VARIANTS = ("floating", "too_large", "too_small", "no_shadow", "blur", "colour_shift", "warp")
-SWEEP |= {f"only-{kind}": ANCHORED | {"loser_kinds": kind} for kind in KIND_VARIANTS}
+SWEEP |= {f"only-{kind}": CONSISTENCY | {"loser_kinds": kind} for kind in KIND_VARIANTS}
 
 
 def trainer(*args: str) -> None:
@@ -164,9 +173,10 @@ def pooled_p(runs: list[dict], against: list[dict], key: str) -> float:
 def sweep(out: Path, args) -> None:
     score = Scorer(args.validate, VALIDATION_SEED, args.sample_steps, args.guidance)
     base = score(None, out / "sweep" / "base" / "validation.json")
-    rows = ["| method | variant | found | plausible | masked PSNR (dB) | held-out accuracy | winner error / "
-            "reference, outside the mask (held-out) | eligible |", "|---|---|---|---|---|---|---|---|",
-            f"| base | – | {base['found_rate']:.1%} | {base['plausible_rate']:.1%} | {base['masked_psnr']:.2f} | – | – | – |"]
+    rows = ["| method | variant | found | plausible | p vs base | masked PSNR (dB) | held-out accuracy | winner error / "
+            "reference, in / out of the mask (held-out) | eligible |", "|---|---|---|---|---|---|---|---|---|",
+            f"| base | – | {base['found_rate']:.1%} | {base['plausible_rate']:.1%} | – | {base['masked_psnr']:.2f} | – "
+            "| – | – |"]
     chosen = {}
     for method in args.methods:
         best = None
@@ -177,8 +187,8 @@ def sweep(out: Path, args) -> None:
             held = json.loads((folder / "work" / "eval.json").read_text())["heldout"]
             ok = (r["masked_psnr"] >= base["masked_psnr"] - 0.5 and r["found_rate"] >= base["found_rate"] - 0.02)
             rows.append(f"| {method} | {name} | {r['found_rate']:.1%} | {r['plausible_rate']:.1%} | "
-                        f"{r['masked_psnr']:.2f} | {held['accuracy']:.2f} | {held['winner_out']:.3f} | "
-                        f"{'yes' if ok else 'no'} |")
+                        f"{pooled_p([r], [base], 'plausible'):.2f} | {r['masked_psnr']:.2f} | {held['accuracy']:.2f} | "
+                        f"{held['winner_in']:.2f} / {held['winner_out']:.2f} | {'yes' if ok else 'no'} |")
             if ok and (best is None or r["plausible_rate"] > best[1]):
                 best = (name, r["plausible_rate"])
         chosen[method] = best[0] if best else None

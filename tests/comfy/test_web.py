@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -330,13 +332,35 @@ def test_every_shared_workflow_opens_with_no_missing_node_and_no_error(ui, name,
 def frontends_own_traffic(console_error: str, server_url: str) -> bool:
     """What the frontend fetches for itself whatever the workflow: release news from api.comfy.org (no internet
     here), user files a fresh server has not got yet (404 under /api/userdata/), core's template index (404 under
-    /templates/: the comfyui-workflow-templates package is not installed here) and, for frontends newer than the
-    core (1.58 on), the job list (404 on /api/jobs, which ComfyUI 0.3.64 does not serve, logged again as JobsApiError)."""
+    /templates/: the comfyui-workflow-templates package is not installed here) and, from a frontend newer than the
+    core, API routes ComfyUI 0.3.64 does not have (1.58's job list: a 404 on /api/jobs, logged again as
+    JobsApiError). A 404 on a route the core has (an image under /view, say) is still an error."""
     if "JobsApiError" in console_error:
         return True
     url = console_error.rsplit("(", 1)[-1].rstrip(")")
-    own = ("/api/userdata/", f"{server_url}/templates/", f"{server_url}/api/jobs")
-    return url.startswith("http") and (not url.startswith(server_url) or any(part in url for part in own))
+    if not url.startswith("http"):
+        return False
+    if not url.startswith(server_url):
+        return True
+    path = url[len(server_url):].split("?")[0]
+    if path.startswith("/api/") and "404" in console_error and not any(r.fullmatch(path[4:]) for r in core_routes()):
+        return True
+    return any(part in url for part in ("/api/userdata/", f"{server_url}/templates/"))
+
+
+@functools.cache
+def core_routes() -> list[re.Pattern]:
+    """The API routes the ComfyUI under test declares (`routes.get("/view")` ...), as patterns of the path."""
+    from conftest import COMFYUI
+
+    declared = set()
+    for source in (*COMFYUI.glob("*.py"), *COMFYUI.glob("app/**/*.py"), *COMFYUI.glob("api_server/**/*.py")):
+        declared |= set(re.findall(r"routes\.(?:get|post|put|patch|delete)\(\s*[\"']([^\"']+)", source.read_text()))
+    assert "/view" in declared and "/object_info" in declared, f"no routes found in {COMFYUI}"
+    def pattern(route: str) -> re.Pattern:  # aiohttp's "{name}" is one path segment, "{name:regex}" the regex
+        parts = re.split(r"\{[^}:]+(?::([^}]+))?\}", route)
+        return re.compile("".join(re.escape(p) if i % 2 == 0 else (p or "[^/]+") for i, p in enumerate(parts)))
+    return [pattern(route) for route in declared]
 
 
 def take_thumbnail(page, path: Path, side: int = 2000, saved: int = 768) -> None:
