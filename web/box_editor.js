@@ -1,9 +1,10 @@
 // Point at the image instead of typing numbers:
 // - Emplace Boxes gets a box editor: the connected image (or the last run's) as background;
 //   drag on empty space to draw a box, drag a box to move it, its corners and edges to resize;
-//   each box has a label and a prompt in the list below; Delete removes the selected box,
-//   Ctrl+Z / Ctrl+Shift+Z (or Ctrl+Y) undo and redo. The boxes live in the node's own `spec`
-//   text, so a saved workflow keeps them and a typed edit shows up in the drawing.
+//   each box has a label and a prompt in the list below; Delete removes the selected box.
+//   Each change is one step of ComfyUI's own undo (Ctrl+Z / Ctrl+Shift+Z): a second, private
+//   history would race the frontend's, which also answers Ctrl+Z. The boxes live in the node's
+//   own `spec` text, so a saved workflow keeps them and a typed edit shows up in the drawing.
 // - Emplace Propose Locations shows, after a run, the background with every proposal and its
 //   score, best first; a click selects a proposal (Shift/Ctrl+click adds or removes one), and
 //   the `indices` of every connected Emplace Select Boxes follows.
@@ -12,7 +13,7 @@
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import {
-  boxFromDrag, dragBox, formatIndices, formatSpec, History, hitTest, parseIndices, parseSpec, proposalAt,
+  boxFromDrag, dragBox, formatIndices, formatSpec, hitTest, parseIndices, parseSpec, proposalAt,
   toggleSelection,
 } from "./lib/boxes.js";
 
@@ -133,7 +134,6 @@ class BoxEditor {
   constructor(node) {
     this.node = node;
     this.spec = node.widgets.find((w) => w.name === "spec");
-    this.history = new History();
     this.boxes = [];
     this.comments = [];
     this.selected = -1;
@@ -210,21 +210,23 @@ class BoxEditor {
     this.render();
   }
 
-  /** Writes the boxes into `spec`, after recording the text before for undo. */
+  /** Writes the boxes into `spec` as one undoable change of the graph (litegraph's before/after-change
+   * calls are what the frontend's undo history records). */
   commit() {
-    const before = String(this.spec.value ?? "");
     const text = formatSpec(this.boxes, this.comments);
-    if (text === before) return;
-    this.history.record(before);
-    this.setText(text);
-  }
-
-  setText(text) {
-    if (text == null) return; // nothing to undo or redo
-    this.spec.value = text;
-    this.spec.callback?.(text);
-    this.lastText = null; // re-read it: the same parse the node will do
-    this.load(text);
+    if (text === String(this.spec.value ?? "")) return;
+    const graph = this.node.graph ?? app.graph;
+    graph?.beforeChange?.();
+    graph?.canvasAction?.((c) => c.emitBeforeChange?.());
+    try {
+      this.spec.value = text;
+      this.spec.callback?.(text);
+      this.lastText = null; // re-read it: the same parse the node will do
+      this.load(text);
+    } finally {
+      graph?.afterChange?.();
+      graph?.canvasAction?.((c) => c.emitAfterChange?.());
+    }
     this.node.setDirtyCanvas?.(true, true);
   }
 
@@ -283,16 +285,11 @@ class BoxEditor {
 
   onKey(event) {
     const key = event.key.toLowerCase();
-    const mod = event.ctrlKey || event.metaKey;
     let handled = true;
     if ((key === "delete" || key === "backspace") && this.selected >= 0) {
       this.boxes.splice(this.selected, 1);
       this.selected = Math.min(this.selected, this.boxes.length - 1);
       this.commit();
-    } else if (mod && key === "z" && !event.shiftKey) {
-      this.setText(this.history.undo(String(this.spec.value ?? "")));
-    } else if (mod && (key === "y" || (key === "z" && event.shiftKey))) {
-      this.setText(this.history.redo(String(this.spec.value ?? "")));
     } else if (key === "escape") {
       this.selected = -1;
       this.render();
@@ -301,7 +298,7 @@ class BoxEditor {
     }
     if (handled) {
       event.preventDefault();
-      event.stopPropagation(); // not the graph's own Delete / undo
+      event.stopPropagation(); // not the graph's own Delete (undo is the graph's: it is not handled here)
     }
   }
 

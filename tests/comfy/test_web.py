@@ -198,6 +198,11 @@ def test_a_box_drawn_with_the_mouse_is_saved_in_the_node_and_painted_there(ui, t
     page.mouse.click(*screen_point(page, 3, "emplaceEditor", 0.5, 0.5))
     page.keyboard.press("Delete")
     page.wait_for_function(f"{SPEC}.value === ''", timeout=5000)
+    # one step back and forth in the frontend's own history (no second, private history racing it)
+    page.keyboard.press("Control+z")
+    page.wait_for_function(f"{SPEC}.value.startsWith('red cube: 0.25')", timeout=5000)
+    page.keyboard.press("Control+y")
+    page.wait_for_function(f"{SPEC}.value === ''", timeout=5000)
     page.keyboard.press("Control+z")
     page.wait_for_function(f"{SPEC}.value.startsWith('red cube: 0.25')", timeout=5000)
     # a typed edit shows up in the drawing

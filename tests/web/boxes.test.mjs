@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  boxFromDrag, dragBox, formatIndices, formatSpec, History, hitTest, parseIndices, parseSpec, proposalAt,
+  boxFromDrag, dragBox, formatIndices, formatSpec, hitTest, parseIndices, parseSpec, proposalAt,
   toggleSelection,
 } from "../../web/lib/boxes.js";
 
@@ -63,20 +63,6 @@ test("moving and resizing keep the box inside the image and never inverted", () 
   assert.deepEqual([grown.x0, +grown.y0.toFixed(6), grown.x1, grown.y1], [0, 0.05, 0.3, 0.4]);
   assert.equal(boxFromDrag(0.5, 0.5, 0.501, 0.9), null);
   assert.deepEqual(boxFromDrag(0.6, 0.7, 0.2, 0.1), { label: "object", prompt: "", x0: 0.2, y0: 0.1, x1: 0.6, y1: 0.7 });
-});
-
-test("undo and redo walk the text history", () => {
-  const h = new History(3);
-  h.record("a");
-  h.record("b");
-  assert.equal(h.undo("c"), "b");
-  assert.equal(h.undo("b"), "a");
-  assert.equal(h.undo("a"), null);
-  assert.equal(h.redo("a"), "b");
-  h.record("b"); // a new change drops the redo branch
-  assert.equal(h.redo("x"), null);
-  for (const t of ["1", "2", "3", "4"]) h.record(t);
-  assert.equal(h.past.length, 3);
 });
 
 test("the picker selects the smallest proposal under a click and writes Select Boxes' indices", () => {

@@ -142,36 +142,6 @@ export function boxFromDrag(x0, y0, x1, y1, label = "object") {
   return box.x1 - box.x0 >= MIN_SIDE && box.y1 - box.y0 >= MIN_SIDE ? box : null;
 }
 
-/** Undo and redo over snapshots of the spec text (what the node stores). */
-export class History {
-  constructor(limit = 100) {
-    this.past = [];
-    this.future = [];
-    this.limit = limit;
-  }
-
-  /** Call with the text as it was before a change. */
-  record(text) {
-    if (this.past[this.past.length - 1] === text) return;
-    this.past.push(text);
-    if (this.past.length > this.limit) this.past.shift();
-    this.future = [];
-  }
-
-  /** The text to go back to (given the current one), or null. */
-  undo(current) {
-    if (!this.past.length) return null;
-    this.future.push(current);
-    return this.past.pop();
-  }
-
-  redo(current) {
-    if (!this.future.length) return null;
-    this.past.push(current);
-    return this.future.pop();
-  }
-}
-
 // ---- the proposal picker --------------------------------------------------------------
 
 /**
