@@ -128,6 +128,19 @@ function drawLabelledBox(ctx, a, box, colour, text, thick) {
   return { x, y, w, h };
 }
 
+/** Runs `change` as one step of the frontend's undo history: litegraph's before/after-change calls are
+ * what its change tracker records. */
+function asOneChange(graph, change) {
+  graph?.beforeChange?.();
+  graph?.canvasAction?.((c) => c.emitBeforeChange?.());
+  try {
+    change();
+  } finally {
+    graph?.afterChange?.();
+    graph?.canvasAction?.((c) => c.emitAfterChange?.());
+  }
+}
+
 // ---- Emplace Boxes: the editor ---------------------------------------------------------
 
 class BoxEditor {
@@ -210,23 +223,16 @@ class BoxEditor {
     this.render();
   }
 
-  /** Writes the boxes into `spec` as one undoable change of the graph (litegraph's before/after-change
-   * calls are what the frontend's undo history records). */
+  /** Writes the boxes into `spec` as one undoable change of the graph. */
   commit() {
     const text = formatSpec(this.boxes, this.comments);
     if (text === String(this.spec.value ?? "")) return;
-    const graph = this.node.graph ?? app.graph;
-    graph?.beforeChange?.();
-    graph?.canvasAction?.((c) => c.emitBeforeChange?.());
-    try {
+    asOneChange(this.node.graph ?? app.graph, () => {
       this.spec.value = text;
       this.spec.callback?.(text);
       this.lastText = null; // re-read it: the same parse the node will do
       this.load(text);
-    } finally {
-      graph?.afterChange?.();
-      graph?.canvasAction?.((c) => c.emitAfterChange?.());
-    }
+    });
     this.node.setDirtyCanvas?.(true, true);
   }
 
@@ -425,13 +431,16 @@ class ProposalPicker {
     const i = proposalAt(this.proposals.boxes, fx * this.proposals.width, fy * this.proposals.height);
     if (i < 0) return;
     const chosen = formatIndices(toggleSelection(this.selection(), i, event.shiftKey || event.ctrlKey || event.metaKey));
-    for (const node of this.selectNodes()) {
-      const widget = node.widgets?.find((w) => w.name === "indices");
-      if (!widget) continue;
-      widget.value = chosen;
-      widget.callback?.(chosen);
-    }
-    (this.node.graph ?? app.graph).setDirtyCanvas?.(true, true);
+    const graph = this.node.graph ?? app.graph;
+    asOneChange(graph, () => {
+      for (const node of this.selectNodes()) {
+        const widget = node.widgets?.find((w) => w.name === "indices");
+        if (!widget) continue;
+        widget.value = chosen;
+        widget.callback?.(chosen);
+      }
+    });
+    graph.setDirtyCanvas?.(true, true);
     this.render();
   }
 
