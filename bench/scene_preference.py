@@ -57,9 +57,6 @@ SWEEP: dict[str, dict] = {
     "anchored+attention-only": ANCHORED | {"targets": "attention"},
     "anchored+in-mask": ANCHORED | {"preference_region": "mask"},
     "anchored+judged-kinds": ANCHORED | {"loser_kinds": "floating,too_large,too_small,no_shadow"},
-    "anchored+auto-beta": ANCHORED | {"beta_target": 0.3},
-    "anchored+low-noise": ANCHORED | {"timestep_high": 0.6},
-    "anchored+asap-sigmoid-tau0.1": ANCHORED | {"link": "sigmoid", "tau": 0.1},
 }
 # The recipe of the table with error bars (consistency only, no sft), and what the sweep tries on top of it.
 CONSISTENCY = SWEEP["anchored-consistency-only"]

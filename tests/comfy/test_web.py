@@ -362,6 +362,7 @@ def core_routes() -> list[re.Pattern]:
     for source in (*COMFYUI.glob("*.py"), *COMFYUI.glob("app/**/*.py"), *COMFYUI.glob("api_server/**/*.py")):
         declared |= set(re.findall(r"routes\.(?:get|post|put|patch|delete)\(\s*[\"']([^\"']+)", source.read_text()))
     assert "/view" in declared and "/object_info" in declared, f"no routes found in {COMFYUI}"
+
     def pattern(route: str) -> re.Pattern:  # aiohttp's "{name}" is one path segment, "{name:regex}" the regex
         parts = re.split(r"\{[^}:]+(?::([^}]+))?\}", route)
         return re.compile("".join(re.escape(p) if i % 2 == 0 else (p or "[^/]+") for i, p in enumerate(parts)))
