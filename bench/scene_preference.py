@@ -70,6 +70,11 @@ SWEEP |= {
 # the gain per loser kind: the error-bar recipe on pairs of one kind only
 KIND_VARIANTS = ("floating", "too_large", "too_small", "no_shadow", "blur", "colour_shift", "warp")
 SWEEP |= {f"only-{kind}": CONSISTENCY | {"loser_kinds": kind} for kind in KIND_VARIANTS}
+# the best single changes together: low noise, and the two loser kinds with the largest gain alone
+SWEEP |= {
+    "low-noise+only-too_large": CONSISTENCY | {"timestep_high": 0.6, "loser_kinds": "too_large"},
+    "low-noise+warp+too_large": CONSISTENCY | {"timestep_high": 0.6, "loser_kinds": "warp,too_large"},
+}
 
 
 def trainer(*args: str) -> None:
