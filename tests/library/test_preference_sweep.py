@@ -1,0 +1,39 @@
+"""The preference sweep's variants are settings the trainer accepts, so a long sweep cannot die on a typo
+after hours of earlier runs."""
+
+from argparse import Namespace
+
+import pytest
+
+from bench.scene_preference import METHODS, SWEEP, common_settings, toml_value
+from emplace.scenes.datasets.preference import KINDS
+from trainer.config import ConfigError, load_config
+from trainer.dpo import DPOConfig
+
+ASAP_ONLY = {"link", "tau"}
+
+
+@pytest.mark.parametrize("variant", sorted(SWEEP))
+def test_every_sweep_variant_is_a_valid_trainer_config(tmp_path, variant):
+    (tmp_path / "pairs").mkdir()
+    args = Namespace(steps=400, batch=8)
+    # the method each variant was made for loads; any other either loads or is refused naming the setting
+    made_for = "asap" if ASAP_ONLY & set(SWEEP[variant]) else "dpo"
+    for method in METHODS:
+        settings = common_settings(tmp_path, tmp_path / method, method, 0, args) | SWEEP[variant]
+        config = tmp_path / f"{method}.toml"
+        config.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in settings.items()))
+        try:
+            assert load_config(DPOConfig, config).method == method
+        except ConfigError as e:
+            assert method != made_for, f"{variant} is refused for {method}: {e}"
+            assert any(f"'{key}'" in str(e) for key in SWEEP[variant]), str(e)
+    kinds = SWEEP[variant].get("loser_kinds", "")
+    assert set(filter(None, kinds.split(","))) <= set(KINDS), f"{variant}: a loser kind the pair generator cannot make"
+
+
+def test_a_misspelt_variant_setting_is_refused(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(f'model = "m"\ndata = "{tmp_path}"\noutput = "x.safetensors"\nconsistancy = 300.0\n')
+    with pytest.raises(ConfigError, match="did you mean 'consistency'"):
+        load_config(DPOConfig, config)
