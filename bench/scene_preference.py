@@ -36,6 +36,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from trainer.config import toml_value
+
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "emplace" / "defaults" / "toy_inpaint"
 METHODS = ["dpo", "mask-dpo", "asymmetric", "commonality", "asap"]
@@ -82,12 +84,9 @@ def trainer(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "trainer", *args], cwd=ROOT, check=True)
 
 
-def toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))
+def config_text(settings: dict) -> str:
+    """The trainer's run.toml for these settings."""
+    return "".join(f"{k} = {toml_value(v)}\n" for k, v in settings.items())
 
 
 def train_lora(folder: Path, settings: dict) -> Path:
@@ -96,7 +95,7 @@ def train_lora(folder: Path, settings: dict) -> Path:
     if not lora.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         config = folder / "run.toml"
-        config.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in settings.items()))
+        config.write_text(config_text(settings))
         resume = ["--resume"] if (folder / "work" / "checkpoints").is_dir() else []
         trainer("dpo", "--config", str(config), *resume)
     return lora

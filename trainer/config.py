@@ -195,7 +195,7 @@ def unknown_setting(name: str, known) -> str:
     return f"unknown setting '{name}'" + (f" (did you mean '{nearest[0]}'?)" if nearest else "")
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -227,7 +227,7 @@ def example_config(cls: type) -> str:
             lines.append(f"# {f.name} = ...  (required)")
         else:
             default = f.default if f.default is not MISSING else f.default_factory()
-            lines.append(f"# {f.name} = (none)" if default is None else f"# {f.name} = {_toml_value(default)}")
+            lines.append(f"# {f.name} = (none)" if default is None else f"# {f.name} = {toml_value(default)}")
         lines.append("")
     return "\n".join(lines)
 

@@ -5,7 +5,7 @@ from argparse import Namespace
 
 import pytest
 
-from bench.scene_preference import METHODS, SWEEP, common_settings, toml_value
+from bench.scene_preference import METHODS, SWEEP, common_settings, config_text
 from emplace.scenes.datasets.preference import KINDS
 from trainer.config import ConfigError, load_config
 from trainer.dpo import DPOConfig
@@ -22,7 +22,7 @@ def test_every_sweep_variant_is_a_valid_trainer_config(tmp_path, variant):
     for method in METHODS:
         settings = common_settings(tmp_path, tmp_path / method, method, 0, args) | SWEEP[variant]
         config = tmp_path / f"{method}.toml"
-        config.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in settings.items()))
+        config.write_text(config_text(settings))
         try:
             assert load_config(DPOConfig, config).method == method
         except ConfigError as e:
