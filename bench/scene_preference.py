@@ -45,7 +45,10 @@ EVALUATION_SEED, VALIDATION_SEED = 0, 1
 
 # The sweep's variants: overrides on the trainer's defaults (trainer/dpo.py DPOConfig). The first is
 # the recipe of the earlier README table (lr 5e-4 on every layer, no anchors).
-ANCHORED = {"lr": 5e-4, "targets": "all", "warmup": 40, "consistency": 300.0, "sft_weight": 300.0}
+# timestep_high is written out: the recorded rows of every method were made at 1.0 (since then the trainer's
+# default for asymmetric and commonality is 0.6)
+ANCHORED = {"lr": 5e-4, "targets": "all", "warmup": 40, "consistency": 300.0, "sft_weight": 300.0,
+            "timestep_high": 1.0}
 """Anchors on the scale of the preference term: its gradient is beta * sigmoid(-beta * margin) (about
 1250 * 0.25) times the gradient of a per-pixel mean error, so an anchor of weight 1 is ~300x weaker."""
 SWEEP: dict[str, dict] = {
@@ -68,6 +71,9 @@ SWEEP |= {
     "consistency+lr5e-5": CONSISTENCY | {"lr": 5e-5},
     "consistency+in-mask": CONSISTENCY | {"preference_region": "mask"},
     "consistency+sigmoid-tau0.1": CONSISTENCY | {"link": "sigmoid", "tau": 0.1},  # asap only
+    # the unconditional prediction, which guidance scales up, is otherwise never trained nor anchored;
+    # the toy model itself was trained with 10 % of its prompts dropped
+    "consistency+empty-prompt": CONSISTENCY | {"empty_prompt": 0.1},
 }
 # the gain per loser kind: the error-bar recipe on pairs of one kind only
 KIND_VARIANTS = ("floating", "too_large", "too_small", "no_shadow", "blur", "colour_shift", "warp")
@@ -116,7 +122,7 @@ class Scorer:
         self.examples = [replace(e, mask=e.region_mask()) for e in examples]
         self.seed, self.steps, self.guidance = seed, steps, guidance
 
-    def __call__(self, lora: Path | None, path: Path) -> dict:
+    def __call__(self, lora: Path | None, path: Path, strength: float = 1.0) -> dict:
         if path.is_file():
             return json.loads(path.read_text())
         from emplace.scenes.evaluate import evaluate_toy_inpainting, truth_scores
@@ -124,14 +130,25 @@ class Scorer:
         from trainer.demo import lora_applied
 
         model = ToyInpaintModel.load(TOY)
-        with lora_applied(model, lora, 1.0):
+        with lora_applied(model, lora, strength):
             summary, _ = evaluate_toy_inpainting(model, self.examples, self.steps, self.guidance, seed=self.seed,
-                                                 desc=f"scoring {lora.parent.name if lora else 'the base'}")
-        summary |= {"truth": truth_scores(self.examples), "lora": str(lora) if lora else None, "seed": self.seed,
+                                                 desc=f"scoring {lora.parent.name if lora else 'the base'}"
+                                                      f"{strength_label(strength)}")
+        summary |= {"truth": truth_scores(self.examples), "lora": str(lora) if lora else None, "strength": strength,
+                    "seed": self.seed,
                     "steps": self.steps, "guidance": self.guidance, "mask": "region"}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(summary))
         return summary
+
+
+def scored_at(folder: Path, name: str, strength: float) -> Path:
+    """Where a LoRA's scores at this strength are kept (strength 1: the plain name, as before strengths)."""
+    return folder / (f"{name}.json" if strength == 1 else f"{name}-strength{strength:g}.json")
+
+
+def strength_label(strength: float) -> str:
+    return "" if strength == 1 else f" at strength {strength:g}"
 
 
 def common_settings(out: Path, folder: Path, method: str, seed: int, args) -> dict:
@@ -184,14 +201,17 @@ def sweep(out: Path, args) -> None:
         for name in args.variants or SWEEP:
             folder = out / "sweep" / method / name
             settings = common_settings(out, folder, method, 0, args) | SWEEP[name]
-            r = score(train_lora(folder, settings), folder / "validation.json")
+            lora = train_lora(folder, settings)
             held = json.loads((folder / "work" / "eval.json").read_text())["heldout"]
-            ok = (r["masked_psnr"] >= base["masked_psnr"] - 0.5 and r["found_rate"] >= base["found_rate"] - 0.02)
-            rows.append(f"| {method} | {name} | {r['found_rate']:.1%} | {r['plausible_rate']:.1%} | "
-                        f"{pooled_p([r], [base], 'plausible'):.2f} | {r['masked_psnr']:.2f} | {held['accuracy']:.2f} | "
-                        f"{held['winner_in']:.2f} / {held['winner_out']:.2f} | {'yes' if ok else 'no'} |")
-            if ok and (best is None or r["plausible_rate"] > best[1]):
-                best = (name, r["plausible_rate"])
+            for strength in args.strengths:
+                r = score(lora, scored_at(folder, "validation", strength), strength)
+                ok = (r["masked_psnr"] >= base["masked_psnr"] - 0.5 and r["found_rate"] >= base["found_rate"] - 0.02)
+                rows.append(f"| {method} | {name}{strength_label(strength)} | {r['found_rate']:.1%} | "
+                            f"{r['plausible_rate']:.1%} | {pooled_p([r], [base], 'plausible'):.2f} | "
+                            f"{r['masked_psnr']:.2f} | {held['accuracy']:.2f} | "
+                            f"{held['winner_in']:.2f} / {held['winner_out']:.2f} | {'yes' if ok else 'no'} |")
+                if ok and (best is None or r["plausible_rate"] > best[1]):
+                    best = (name + strength_label(strength), r["plausible_rate"])
         chosen[method] = best[0] if best else None
     table = "\n".join(rows) + "\n\nchosen (highest plausible among the eligible): " + json.dumps(chosen)
     (out / "sweep.md").write_text(table + "\n")
@@ -202,30 +222,32 @@ def table(out: Path, args) -> None:
     score = Scorer(args.eval, EVALUATION_SEED, args.sample_steps, args.guidance)
     base = score(None, out / "base" / "eval.json")
     overrides = parse_sets(args.set)
-    results: dict[str, list[dict]] = {}
+    results: dict[tuple[str, float], list[dict]] = {}
     for method in args.methods:
         for seed in args.seeds:
             folder = out / method / f"seed{seed}"
             lora = train_lora(folder, common_settings(out, folder, method, seed, args) | overrides)
-            r = score(lora, folder / "eval.json")
-            r["heldout"] = json.loads((folder / "work" / "eval.json").read_text())["heldout"]
-            results.setdefault(method, []).append(r)
+            for strength in args.strengths:
+                r = score(lora, scored_at(folder, "eval", strength), strength)
+                r["heldout"] = json.loads((folder / "work" / "eval.json").read_text())["heldout"]
+                results.setdefault((method, strength), []).append(r)
     truth = base["truth"]
     rows = ["| model | prompted object found | judged plausible | masked PSNR (dB) | p plausible vs base | "
             "p vs dpo | held-out implicit accuracy |", "|---|---|---|---|---|---|---|",
             f"| base | {base['found_rate']:.1%} | {base['plausible_rate']:.1%} | {base['masked_psnr']:.2f} | – | – | – |"]
-    for method, runs in results.items():
+    for (method, strength), runs in results.items():
         vs_base = pooled_p(runs, [base] * len(runs), "plausible")
-        vs_dpo = (f"{pooled_p(runs, results['dpo'], 'plausible'):.3f}" if method != "dpo" and "dpo" in results
-                  and len(results["dpo"]) == len(runs) else "–")
+        dpo = results.get(("dpo", strength), [])
+        vs_dpo = (f"{pooled_p(runs, dpo, 'plausible'):.3f}" if method != "dpo" and len(dpo) == len(runs) else "–")
         acc = [r["heldout"]["accuracy"] for r in runs]
-        rows.append(f"| + {method} LoRA | {pct([r['found_rate'] for r in runs])} | "
+        rows.append(f"| + {method} LoRA{strength_label(strength)} | {pct([r['found_rate'] for r in runs])} | "
                     f"{pct([r['plausible_rate'] for r in runs])} | {db([r['masked_psnr'] for r in runs])} | "
                     f"{vs_base:.3f} | {vs_dpo} | {statistics.mean(acc):.2f} |")
     rows.append(f"| true renders (ceiling) | {truth['found_rate']:.1%} | {truth['plausible_rate']:.1%} | – | – | – | – |")
     text = "\n".join(rows)
     (out / "table.md").write_text(text + "\n")
-    (out / "results.json").write_text(json.dumps({"base": base, **results}))
+    (out / "results.json").write_text(json.dumps({"base": base, **{f"{m}{strength_label(s)}": runs
+                                                                    for (m, s), runs in results.items()}}))
     print(text)
 
 
@@ -243,6 +265,8 @@ def main() -> None:
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="table: trainer settings for every run")
+    p.add_argument("--strengths", type=float, nargs="+", default=[1.0],
+                   help="score every LoRA at each of these strengths (as the loader node's strength)")
     p.add_argument("--sweep", action="store_true", help="run the sweep instead of the table")
     p.add_argument("--variants", nargs="+", choices=list(SWEEP), help="sweep: only these variants")
     args = p.parse_args()

@@ -37,3 +37,24 @@ def test_a_misspelt_variant_setting_is_refused(tmp_path):
     config.write_text(f'model = "m"\ndata = "{tmp_path}"\noutput = "x.safetensors"\nconsistancy = 300.0\n')
     with pytest.raises(ConfigError, match="did you mean 'consistency'"):
         load_config(DPOConfig, config)
+
+
+@pytest.mark.parametrize("method, expected", [("dpo", 1.0), ("mask-dpo", 1.0), ("asap", 1.0),
+                                              ("asymmetric", 0.6), ("commonality", 0.6)])
+def test_timestep_high_defaults_to_each_methods_winner_and_a_set_value_wins(tmp_path, method, expected):
+    """The table with error bars chose low noise for asymmetric and commonality only; a value the user
+    writes, even the plain default 1.0, is kept."""
+    head = f'model = "m"\ndata = "{tmp_path}"\noutput = "x.safetensors"\nmethod = "{method}"\n'
+    config = tmp_path / "run.toml"
+    config.write_text(head)
+    assert load_config(DPOConfig, config).timestep_high == expected
+    config.write_text(head + "timestep_high = 1.0\n")
+    assert load_config(DPOConfig, config).timestep_high == 1.0
+    assert load_config(DPOConfig, config, {"timestep_high": "0.8"}).timestep_high == 0.8
+    # the range check sees the method's own default
+    config.write_text(head + "timestep_low = 0.7\n")
+    if expected < 0.7:
+        with pytest.raises(ConfigError, match=f"'timestep_low' \\(0.7\\) must be below 'timestep_high' \\({expected}\\)"):
+            load_config(DPOConfig, config)
+    else:
+        assert load_config(DPOConfig, config).timestep_low == 0.7
