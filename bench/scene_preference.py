@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "emplace" / "defaults" / "toy_inpaint"
 METHODS = ["dpo", "mask-dpo", "asymmetric", "commonality", "asap"]
 EVALUATION_SEED, VALIDATION_SEED = 0, 1
+DEFAULT_GUIDANCE = 3.0
 
 # The sweep's variants: overrides on the trainer's defaults (trainer/dpo.py DPOConfig). The first is
 # the recipe of the earlier README table (lr 5e-4 on every layer, no anchors).
@@ -122,6 +123,12 @@ class Scorer:
         self.examples = [replace(e, mask=e.region_mask()) for e in examples]
         self.seed, self.steps, self.guidance = seed, steps, guidance
 
+    def at(self, folder: Path, name: str, strength: float = 1.0) -> Path:
+        """Where a LoRA's scores at this strength (and this scorer's guidance) are kept; at strength 1 and the
+        default guidance, the plain name."""
+        return folder / (name + ("" if strength == 1 else f"-strength{strength:g}")
+                         + ("" if self.guidance == DEFAULT_GUIDANCE else f"-guidance{self.guidance:g}") + ".json")
+
     def __call__(self, lora: Path | None, path: Path, strength: float = 1.0) -> dict:
         if path.is_file():
             return json.loads(path.read_text())
@@ -135,16 +142,10 @@ class Scorer:
                                                  desc=f"scoring {lora.parent.name if lora else 'the base'}"
                                                       f"{strength_label(strength)}")
         summary |= {"truth": truth_scores(self.examples), "lora": str(lora) if lora else None, "strength": strength,
-                    "seed": self.seed,
-                    "steps": self.steps, "guidance": self.guidance, "mask": "region"}
+                    "seed": self.seed, "steps": self.steps, "guidance": self.guidance, "mask": "region"}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(summary))
         return summary
-
-
-def scored_at(folder: Path, name: str, strength: float) -> Path:
-    """Where a LoRA's scores at this strength are kept (strength 1: the plain name, as before strengths)."""
-    return folder / (f"{name}.json" if strength == 1 else f"{name}-strength{strength:g}.json")
 
 
 def strength_label(strength: float) -> str:
@@ -190,7 +191,7 @@ def pooled_p(runs: list[dict], against: list[dict], key: str) -> float:
 
 def sweep(out: Path, args) -> None:
     score = Scorer(args.validate, VALIDATION_SEED, args.sample_steps, args.guidance)
-    base = score(None, out / "sweep" / "base" / "validation.json")
+    base = score(None, score.at(out / "sweep" / "base", "validation"))
     rows = ["| method | variant | found | plausible | p vs base | masked PSNR (dB) | held-out accuracy | winner error / "
             "reference, in / out of the mask (held-out) | eligible |", "|---|---|---|---|---|---|---|---|---|",
             f"| base | – | {base['found_rate']:.1%} | {base['plausible_rate']:.1%} | – | {base['masked_psnr']:.2f} | – "
@@ -204,7 +205,7 @@ def sweep(out: Path, args) -> None:
             lora = train_lora(folder, settings)
             held = json.loads((folder / "work" / "eval.json").read_text())["heldout"]
             for strength in args.strengths:
-                r = score(lora, scored_at(folder, "validation", strength), strength)
+                r = score(lora, score.at(folder, "validation", strength), strength)
                 ok = (r["masked_psnr"] >= base["masked_psnr"] - 0.5 and r["found_rate"] >= base["found_rate"] - 0.02)
                 rows.append(f"| {method} | {name}{strength_label(strength)} | {r['found_rate']:.1%} | "
                             f"{r['plausible_rate']:.1%} | {pooled_p([r], [base], 'plausible'):.2f} | "
@@ -220,7 +221,7 @@ def sweep(out: Path, args) -> None:
 
 def table(out: Path, args) -> None:
     score = Scorer(args.eval, EVALUATION_SEED, args.sample_steps, args.guidance)
-    base = score(None, out / "base" / "eval.json")
+    base = score(None, score.at(out / "base", "eval"))
     overrides = parse_sets(args.set)
     results: dict[tuple[str, float], list[dict]] = {}
     for method in args.methods:
@@ -228,7 +229,7 @@ def table(out: Path, args) -> None:
             folder = out / method / f"seed{seed}"
             lora = train_lora(folder, common_settings(out, folder, method, seed, args) | overrides)
             for strength in args.strengths:
-                r = score(lora, scored_at(folder, "eval", strength), strength)
+                r = score(lora, score.at(folder, "eval", strength), strength)
                 r["heldout"] = json.loads((folder / "work" / "eval.json").read_text())["heldout"]
                 results.setdefault((method, strength), []).append(r)
     truth = base["truth"]
@@ -262,7 +263,8 @@ def main() -> None:
     p.add_argument("--validate", type=int, default=200, help="validation scenes (the sweep)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (the table)")
     p.add_argument("--sample-steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
+                   help="the sampler's guidance scale (other than 3: scores kept in their own files)")
     p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="table: trainer settings for every run")
     p.add_argument("--strengths", type=float, nargs="+", default=[1.0],
