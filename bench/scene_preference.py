@@ -22,9 +22,10 @@ over seeds (every seed's scenes against the base's on the same scenes, and again
 the same seed).
 
 The sweep: each variant in SWEEP (overrides on the trainer's defaults) is trained with seed 0
-for each method, and scored on the validation scenes and the held-out pairs. A variant is
-eligible when its masked PSNR is within 0.5 dB and its "found" within 2 points of the base's
-on the validation scenes; the chosen one has the highest plausible rate among those.
+for each method, and scored on the validation scenes and the held-out pairs. A variant (at each
+of --strengths, the LoRA's strength when loaded) is eligible when its masked PSNR is within 0.5 dB
+and its "found" within 2 points of the base's on the validation scenes; the chosen one has the
+highest plausible rate among those.
 """
 
 from __future__ import annotations
