@@ -15,7 +15,7 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from bench.scene_preference import DEFAULT_GUIDANCE, TOY, VALIDATION_SEED
+from bench.scene_preference import DEFAULT_GUIDANCE, TOY, VALIDATION_SEED, Scorer
 
 
 def instead(image, example) -> str:
@@ -39,15 +39,11 @@ def main() -> None:
     p.add_argument("--scenes", type=int, default=200)
     args = p.parse_args()
 
-    from dataclasses import replace
-
-    from emplace.scenes.evaluate import HELD_OUT_SEED, evaluate_toy_inpainting, find_prompted
-    from emplace.scenes.samples import insertion_examples
+    from emplace.scenes.evaluate import evaluate_toy_inpainting, find_prompted
     from emplace.toy_inpaint import ToyInpaintModel
     from trainer.demo import lora_applied
 
-    examples = [replace(e, mask=e.region_mask())
-                for e in insertion_examples(args.scenes, HELD_OUT_SEED + VALIDATION_SEED, size=64)]
+    examples = Scorer(args.scenes, VALIDATION_SEED, 25, DEFAULT_GUIDANCE).examples  # the sweep's scenes
 
     def inpaint(lora: Path | None, desc: str):
         model = ToyInpaintModel.load(TOY)

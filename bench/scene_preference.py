@@ -229,9 +229,9 @@ def table(out: Path, args) -> None:
         for seed in args.seeds:
             folder = out / method / f"seed{seed}"
             lora = train_lora(folder, common_settings(out, folder, method, seed, args) | overrides)
+            held = json.loads((folder / "work" / "eval.json").read_text())["heldout"]
             for strength in args.strengths:
-                r = score(lora, score.at(folder, "eval", strength), strength)
-                r["heldout"] = json.loads((folder / "work" / "eval.json").read_text())["heldout"]
+                r = score(lora, score.at(folder, "eval", strength), strength) | {"heldout": held}
                 results.setdefault((method, strength), []).append(r)
     truth = base["truth"]
     rows = ["| model | prompted object found | judged plausible | masked PSNR (dB) | p plausible vs base | "
