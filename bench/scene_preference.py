@@ -7,7 +7,8 @@
 Data, made once in --out (every step is skipped when its output exists, so an interrupted run
 goes on where it stopped):
 - training pairs: `python -m trainer scenes preference` (--examples scenes at the toy model's
-  64 px, seed 0, two pairs each);
+  64 px, seed 0, two pairs each; --pair-kinds chooses the loser kinds they are drawn from, e.g. the
+  default seven plus wrong_shape, and is fixed for that --out);
 - a held-out pair split (seed 7, never trained on): its implicit accuracy and error ratios are
   in each run's work/eval.json;
 - validation scenes (held-out scenes of `demo --seed 1`) for the sweep, and evaluation scenes
@@ -78,7 +79,8 @@ SWEEP |= {
     "consistency+empty-prompt": CONSISTENCY | {"empty_prompt": 0.1},
 }
 # the gain per loser kind: the error-bar recipe on pairs of one kind only
-KIND_VARIANTS = ("floating", "too_large", "too_small", "no_shadow", "blur", "colour_shift", "warp")
+KIND_VARIANTS = ("floating", "too_large", "too_small", "no_shadow", "blur", "colour_shift", "warp",
+                 "wrong_shape")  # wrong_shape needs an --out made with --pair-kinds that include it
 SWEEP |= {f"only-{kind}": CONSISTENCY | {"loser_kinds": kind} for kind in KIND_VARIANTS}
 # the best single changes together: low noise, and the two loser kinds with the largest gain alone
 SWEEP |= {
@@ -272,15 +274,28 @@ def main() -> None:
                    help="score every LoRA at each of these strengths (as the loader node's strength)")
     p.add_argument("--sweep", action="store_true", help="run the sweep instead of the table")
     p.add_argument("--variants", nargs="+", choices=list(SWEEP), help="sweep: only these variants")
+    p.add_argument("--pair-kinds", help="the loser kinds the pairs are made with (comma-separated; the pair "
+                                        "generator's default unless given); fixed when --out's pairs are made")
     args = p.parse_args()
     out = args.out.resolve()
-    if not (out / "pairs" / "pairs.jsonl").is_file():
-        trainer("scenes", "preference", "--out", str(out / "pairs"), "--n", str(args.examples), "--size", "64",
-                "--seed", "0")
-    if not (out / "heldout_pairs" / "pairs.jsonl").is_file():
-        trainer("scenes", "preference", "--out", str(out / "heldout_pairs"), "--n", str(args.heldout_examples),
-                "--size", "64", "--seed", "7")
+    for name, n, seed in (("pairs", args.examples, 0), ("heldout_pairs", args.heldout_examples, 7)):
+        if not (out / name / "pairs.jsonl").is_file():
+            kinds = ["--loser-kinds", args.pair_kinds] if args.pair_kinds else []
+            trainer("scenes", "preference", "--out", str(out / name), "--n", str(n), "--size", "64", "--seed",
+                    str(seed), *kinds)
+        check_pair_kinds(out / name, args.pair_kinds)
     (sweep if args.sweep else table)(out, args)
+
+
+def check_pair_kinds(folder: Path, asked: str | None) -> None:
+    """Runs in one --out share its pairs: asking for other kinds than they were made with is an error."""
+    from emplace.scenes.datasets.preference import DEFAULT_KINDS
+
+    made = json.loads((folder / "summary.json").read_text()).get("loser_kinds", list(DEFAULT_KINDS))
+    wanted = [k.strip() for k in asked.split(",") if k.strip()] if asked else list(DEFAULT_KINDS)
+    if made != wanted:
+        raise SystemExit(f"--pair-kinds: the pairs in {folder} were made with {','.join(made)}, not "
+                         f"{','.join(wanted)}; use another --out")
 
 
 if __name__ == "__main__":

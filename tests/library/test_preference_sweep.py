@@ -58,3 +58,20 @@ def test_timestep_high_defaults_to_each_methods_winner_and_a_set_value_wins(tmp_
             load_config(DPOConfig, config)
     else:
         assert load_config(DPOConfig, config).timestep_low == 0.7
+
+
+def test_a_bench_folder_refuses_other_pair_kinds_than_its_pairs_were_made_with(tmp_path):
+    import json
+
+    from bench.scene_preference import check_pair_kinds
+    from emplace.scenes.datasets.preference import DEFAULT_KINDS
+
+    (tmp_path / "summary.json").write_text(json.dumps({"kind": "preference", "n": 800}))  # made before the key
+    check_pair_kinds(tmp_path, None)
+    check_pair_kinds(tmp_path, ",".join(DEFAULT_KINDS))
+    with pytest.raises(SystemExit, match="made with floating,.*warp, not .*wrong_shape; use another --out"):
+        check_pair_kinds(tmp_path, ",".join(KINDS))
+    (tmp_path / "summary.json").write_text(json.dumps({"loser_kinds": list(KINDS)}))
+    check_pair_kinds(tmp_path, " , ".join(KINDS))
+    with pytest.raises(SystemExit, match="--pair-kinds"):
+        check_pair_kinds(tmp_path, None)

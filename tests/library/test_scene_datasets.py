@@ -75,6 +75,38 @@ def test_preference_pairs_can_draw_only_chosen_loser_kinds(tmp_path):
     assert r.returncode == 2 and "--loser-kinds applies to preference data only" in r.stderr
 
 
+def test_a_wrong_shape_loser_is_the_prompted_colour_in_another_shape_and_only_on_request(tmp_path):
+    from emplace.scenes.detector import detect
+    from emplace.scenes.vocabulary import COLOUR_NAMES, SHAPES
+
+    out = tmp_path / "shape"
+    r = subprocess.run([sys.executable, "-m", "trainer", "scenes", "preference", "--out", str(out), "--n", "4",
+                        "--seed", "3", "--size", "128", "--loser-kinds", "wrong_shape"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(line) for line in open(out / "pairs.jsonl")]
+    assert rows and {row["kind"] for row in rows} == {"wrong_shape"}
+    checked = 0
+    for row in rows:
+        colour, shape = row["prompt"].split()[-3], row["prompt"].split()[-1]
+        mask = load_image(out / row["mask"])[0] > 0.5
+
+        def seen(name):  # the (colour, shape) of the detection that overlaps the mask most
+            best = max(detect(load_image(out / name)), key=lambda d: int((d.mask & mask).sum()))
+            return COLOUR_NAMES[best.colour], SHAPES[best.shape]
+
+        if seen(row["winner"][0]) != (colour, shape):  # a touching neighbour of the same colour merges with it
+            continue
+        loser_colour, loser_shape = seen(row["loser"])
+        assert loser_colour == colour and loser_shape != shape, (row["prompt"], loser_colour, loser_shape)
+        checked += 1
+    assert checked >= 3, f"only {checked} of {len(rows)} winners were detected as prompted"
+    # the default draws never make one, so the pairs behind the recorded tables are unchanged
+    default = scenes("preference", tmp_path / "default", n=8)
+    assert "wrong_shape" not in {json.loads(line)["kind"] for line in open(default / "pairs.jsonl")}
+    assert "wrong_shape" not in json.loads((default / "summary.json").read_text())["loser_kinds"]
+
+
 def test_multiview_records_have_a_masked_target_view_and_references(tmp_path):
     out = scenes("multiview", tmp_path / "mv")
     for r in map(json.loads, open(out / "records.jsonl")):

@@ -5,7 +5,8 @@ object rendered in place (resting, with its shadow). Losers are spatial hallucin
 the object rendered floating or 1.5x too large or small, or its pixels pasted with no
 shadow — and ASAP-style localized degradations of the object region (blur, colour shift,
 warp). `--loser-kinds` draws from a subset (e.g. only the kinds the plausibility judge
-measures: floating, too_large, too_small, no_shadow). Winner and loser are identical
+measures: floating, too_large, too_small, no_shadow) or adds `wrong_shape` (the object
+resting in place as another shape than the prompt names), which the default leaves out. Winner and loser are identical
 outside the mask, as two inpaintings of one input are.
 
     images/<id>_background.png, <id>_winner.png, <id>_winner2.png, <id>_<kind>.png, <id>_mask.png,
@@ -27,15 +28,28 @@ from ...preference.degradations import LOCAL, paste
 from ..render import render
 from ..samples import changed_region, insertion_examples
 from ...files import save_image, write_jsonl
+from ..vocabulary import SHAPES
+from ..world import Scene, SceneObject
 from .placements import implausible_variant
 
-RENDERED = ("floating", "too_large", "too_small")
-KINDS = RENDERED + ("no_shadow",) + tuple(LOCAL)
+RENDERED = ("floating", "too_large", "too_small", "wrong_shape")
+DEFAULT_KINDS = ("floating", "too_large", "too_small", "no_shadow") + tuple(LOCAL)
+# wrong_shape is opt-in, last, so the default draws (and every recorded table's pairs) stay as they were
+KINDS = DEFAULT_KINDS + ("wrong_shape",)
+
+
+def loser_object(g: torch.Generator, obj: SceneObject, kind: str, scene: Scene) -> SceneObject | None:
+    """The object as a rendered loser shows it: misplaced (placements' kinds), or resting in place as another
+    shape, which teaches what the prompt's shape word means (the "found" check)."""
+    if kind == "wrong_shape":
+        other = 1 + int(torch.randint(len(SHAPES) - 1, (), generator=g))
+        return replace(obj, shape=(obj.shape + other) % len(SHAPES))
+    return implausible_variant(g, obj, kind, scene)
 
 
 def write(out: Path, n: int, seed: int, size: int = 128, losers_per_example: int = 2,
-          loser_kinds: tuple[str, ...] = KINDS) -> dict:
-    """`loser_kinds`: the kinds of loser to draw from (all by default); each example gets up to
+          loser_kinds: tuple[str, ...] = DEFAULT_KINDS) -> dict:
+    """`loser_kinds`: the kinds of loser to draw from (DEFAULT_KINDS unless given); each example gets up to
     `losers_per_example` different ones."""
     unknown = [k for k in loser_kinds if k not in KINDS]
     if unknown or not loser_kinds:
@@ -50,7 +64,7 @@ def write(out: Path, n: int, seed: int, size: int = 128, losers_per_example: int
         kinds = [loser_kinds[j] for j in torch.randperm(len(loser_kinds), generator=g)[:losers_per_example].tolist()]
         base = e.scene.without(e.target.index)
         obj = e.scene.objects[e.target.index]
-        variants = {kind: implausible_variant(g, obj, kind, base) for kind in kinds if kind in RENDERED}
+        variants = {kind: loser_object(g, obj, kind, base) for kind in kinds if kind in RENDERED}
         nudged = replace(obj, x=obj.x + 0.1 * obj.radius, z=obj.z - 0.1 * obj.radius)  # a second plausible winner
         extra = render([base.with_object(v) for v in variants.values()] + [base.with_object(nudged)],
                        [e.camera] * (len(variants) + 1), size)
@@ -80,4 +94,4 @@ def write(out: Path, n: int, seed: int, size: int = 128, losers_per_example: int
                          "mask": paths[f"mask_{kind}"], "object_mask": paths["object"], "group": i, "kind": kind,
                          "background": paths["background"]})
     write_jsonl(out / "pairs.jsonl", rows)
-    return {"examples": len(examples), "pairs": len(rows)}
+    return {"examples": len(examples), "pairs": len(rows), "loser_kinds": list(loser_kinds)}
