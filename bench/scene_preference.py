@@ -86,6 +86,8 @@ SWEEP |= {f"only-{kind}": CONSISTENCY | {"loser_kinds": kind} for kind in KIND_V
 SWEEP |= {
     "low-noise+only-too_large": CONSISTENCY | {"timestep_high": 0.6, "loser_kinds": "too_large"},
     "low-noise+warp+too_large": CONSISTENCY | {"timestep_high": 0.6, "loser_kinds": "warp,too_large"},
+    # the shape loser (which keeps "found") with the kind that gains the most plausibility alone
+    "wrong_shape+too_large": CONSISTENCY | {"loser_kinds": "wrong_shape,too_large"},
 }
 
 
