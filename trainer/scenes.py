@@ -16,8 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=100, help="how many (per skill and split for layout)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=128, help="image size in pixels (64 to 256)")
-    p.add_argument("--loser-kinds", help="preference only: comma-separated loser kinds to draw from "
-                                         "(default floating, too_large, too_small, no_shadow, blur, colour_shift, warp; "
+    p.add_argument("--loser-kinds", help="preference only: comma-separated loser kinds to draw from (default "
+                                         "floating, too_large, too_small, no_shadow, blur, colour_shift, warp; "
                                          "also wrong_shape)")
     p.set_defaults(run=run)
 

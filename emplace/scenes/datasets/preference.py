@@ -6,8 +6,8 @@ the object rendered floating or 1.5x too large or small, or its pixels pasted wi
 shadow — and ASAP-style localized degradations of the object region (blur, colour shift,
 warp). `--loser-kinds` draws from a subset (e.g. only the kinds the plausibility judge
 measures: floating, too_large, too_small, no_shadow) or adds `wrong_shape` (the object
-resting in place as another shape than the prompt names), which the default leaves out. Winner and loser are identical
-outside the mask, as two inpaintings of one input are.
+resting in place as another shape than the prompt names), which the default leaves out.
+Winner and loser are identical outside the mask, as two inpaintings of one input are.
 
     images/<id>_background.png, <id>_winner.png, <id>_winner2.png, <id>_<kind>.png, <id>_mask.png,
     <id>_object.png (the winner's object pixels, for MaskDPO's foreground)
