@@ -53,6 +53,9 @@ def main() -> None:
     base, base_images = inpaint(None, "the base")
     found = lambda summary: [s["found"] for s in summary["scenes"]]  # noqa: E731
     area = lambda image, e: find_prompted(image, e).mask.sum().item()  # noqa: E731
+    # the base's and the true renders' object areas, once for every LoRA (None where not found)
+    base_area = [area(image, e) if f else None for image, e, f in zip(base_images, examples, found(base))]
+    truth_area = [area(e.image, e) if find_prompted(e.image, e) is not None else None for e in examples]
     for lora in args.loras:
         summary, images = inpaint(lora, str(lora))
         pairs = list(zip(found(base), found(summary)))
@@ -64,9 +67,8 @@ def main() -> None:
               dict(Counter(instead(images[i], examples[i]) for i in lost)))
         print(f"  gained in {len(gained)} scenes, the base had painted:",
               dict(Counter(instead(base_images[i], examples[i]) for i in gained)))
-        ratio = statistics.median(area(images[i], examples[i]) / area(base_images[i], examples[i]) for i in both)
-        truth = [area(examples[i].image, examples[i]) / area(base_images[i], examples[i]) for i in both
-                 if find_prompted(examples[i].image, examples[i]) is not None]
+        ratio = statistics.median(area(images[i], examples[i]) / base_area[i] for i in both)
+        truth = [truth_area[i] / base_area[i] for i in both if truth_area[i] is not None]
         print(f"  object area where both found it, median LoRA / base: {ratio:.2f} (true render / base: "
               f"{statistics.median(truth):.2f})")
 
