@@ -1,10 +1,10 @@
 """Why a preference LoRA loses "found": what the detector sees where the base's object was found and the LoRA's
 was not, and how large the objects are that both paint.
 
-    python -m bench.preference_found runs/pref_strength/mask-dpo/seed0/lora.safetensors [more LoRAs]
+    python -m bench.preference_found runs/pref_strength/mask-dpo/seed0/lora.safetensors [more LoRAs] [--strengths 1 0.5]
 
 Scored on the sweep's 200 validation scenes (`demo --seed 1`, region masks, 25 steps, guidance 3), the
-LoRAs at strength 1. "found" needs a detection centred in the mask with the prompted colour and shape; for
+LoRAs at each of --strengths (default 1). "found" needs a detection centred in the mask with the prompted colour and shape; for
 every scene the LoRA loses (and gains) this names what was detected there instead.
 """
 
@@ -37,6 +37,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("loras", type=Path, nargs="+")
     p.add_argument("--scenes", type=int, default=200)
+    p.add_argument("--strengths", type=float, nargs="+", default=[1.0], help="load each LoRA at these strengths")
     args = p.parse_args()
 
     from emplace.scenes.evaluate import evaluate_toy_inpainting, find_prompted
@@ -45,9 +46,9 @@ def main() -> None:
 
     examples = Scorer(args.scenes, VALIDATION_SEED, 25, DEFAULT_GUIDANCE).examples  # the sweep's scenes
 
-    def inpaint(lora: Path | None, desc: str):
+    def inpaint(lora: Path | None, desc: str, strength: float = 1.0):
         model = ToyInpaintModel.load(TOY)
-        with lora_applied(model, lora, 1.0):
+        with lora_applied(model, lora, strength):
             return evaluate_toy_inpainting(model, examples, 25, DEFAULT_GUIDANCE, seed=VALIDATION_SEED, desc=desc)
 
     base, base_images = inpaint(None, "the base")
@@ -56,13 +57,13 @@ def main() -> None:
     # the base's and the true renders' object areas, once for every LoRA (None where not found)
     base_area = [area(image, e) if f else None for image, e, f in zip(base_images, examples, found(base))]
     truth_area = [area(e.image, e) if find_prompted(e.image, e) is not None else None for e in examples]
-    for lora in args.loras:
-        summary, images = inpaint(lora, str(lora))
+    for lora, strength in ((lora, s) for lora in args.loras for s in args.strengths):
+        summary, images = inpaint(lora, f"{lora} at strength {strength:g}", strength)
         pairs = list(zip(found(base), found(summary)))
         lost = [i for i, (b, l) in enumerate(pairs) if b and not l]
         gained = [i for i, (b, l) in enumerate(pairs) if l and not b]
         both = [i for i, (b, l) in enumerate(pairs) if b and l]
-        print(f"{lora}: found {base['found_rate']:.1%} -> {summary['found_rate']:.1%}")
+        print(f"{lora} at strength {strength:g}: found {base['found_rate']:.1%} -> {summary['found_rate']:.1%}")
         print(f"  lost in {len(lost)} scenes, the LoRA painted:",
               dict(Counter(instead(images[i], examples[i]) for i in lost)))
         print(f"  gained in {len(gained)} scenes, the base had painted:",

@@ -89,6 +89,9 @@ SWEEP |= {
     # the shape loser (which keeps "found") with the kind that gains the most plausibility alone
     "wrong_shape+too_large": CONSISTENCY | {"loser_kinds": "wrong_shape,too_large"},
 }
+# a trust region inside the mask too, against the drift inside it that costs PSNR (winner error / reference
+# 1.3 there for dpo)
+SWEEP |= {f"consistency+in-mask-anchor{w}": CONSISTENCY | {"consistency_in_mask": float(w)} for w in (10, 30, 100)}
 
 
 def trainer(*args: str) -> None:

@@ -52,6 +52,8 @@ class DPOConfig(TrainingConfig):
     consistency: float = setting(300.0, "anchor: weight of E over the unmasked pixels of (policy - reference "
                                         "prediction)^2 (the scene-world table's winner; nothing where there is no "
                                         "mask and winner and loser differ everywhere)", low=0.0)
+    consistency_in_mask: float = setting(0.0, "anchor: the same inside the inpaint mask, a trust region where "
+                                              "the preference acts", low=0.0)
     sft_weight: float = setting(0.0, "anchor: weight of the winner's plain denoising loss", low=0.0)
     preference_region: str = setting("image", "where the preference term is measured (mask: inside the inpaint "
                                               "mask only)", choices=("image", "mask"))
@@ -295,7 +297,9 @@ def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, re
     out = method.loss(e_w, e_l, r_w, r_l, regions, settings)
     masks_all = torch.cat([w_mask.repeat_interleave(k, 0), l_mask])
     if config.consistency:
-        out.loss = out.loss + config.consistency * losses.outside_consistency(pred, ref, masks_all)
+        out.loss = out.loss + config.consistency * losses.reference_consistency(pred, ref, 1 - masks_all)
+    if config.consistency_in_mask:
+        out.loss = out.loss + config.consistency_in_mask * losses.reference_consistency(pred, ref, masks_all)
     if config.sft_weight:
         out.loss = out.loss + config.sft_weight * losses.weighted_mean(e_w[:, 0]).mean()
     out.diagnostics = {"gradient_factor": losses.gradient_factor(out.delta, beta).mean(),

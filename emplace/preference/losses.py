@@ -32,8 +32,11 @@ prediction types and timesteps.
 Anchors against drift, available to every method (winner and loser agree outside the
 inpaint mask M, so their gradients there cancel in delta, and nothing else holds the
 prediction where they agree):
-- `outside_consistency`: E over (1 - M) of (pred_policy - pred_reference)^2, on every
+- `reference_consistency` over (1 - M): E there of (pred_policy - pred_reference)^2, on every
   sample of the batch (weight `consistency` in the trainer);
+- the same over M (weight `consistency_in_mask`): a trust region where the preference acts, which
+  holds back the drift winner and loser share (both errors growing keeps the margin) and leaves
+  the part that differs between them to the preference;
 - the winner's plain denoising loss E(e_w) (`sft_weight`);
 - the preference restricted to the mask: every method's weight map multiplied by M.
 The preference term's gradient is beta * sigmoid(-beta * delta) times that of a per-pixel
@@ -164,10 +167,11 @@ def differential_crop_boxes(height: int, width: int, g: torch.Generator, min_kee
 # --- anchors and diagnostics -----------------------------------------------------------------
 
 
-def outside_consistency(pred: torch.Tensor, reference_pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """E over (1 - M) of (pred - reference_pred)^2, averaged over the batch: holds the policy to the
-    reference where winner and loser agree. pred, reference_pred [N, C, H, W]; mask [N, 1, H, W]."""
-    return weighted_mean((pred.float() - reference_pred.float()) ** 2, 1 - mask).mean()
+def reference_consistency(pred: torch.Tensor, reference_pred: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """E over a region of (pred - reference_pred)^2, averaged over the batch: holds the policy to the
+    reference there (over 1 - M: where winner and loser agree). pred, reference_pred [N, C, H, W];
+    region [N, 1, H, W]."""
+    return weighted_mean((pred.float() - reference_pred.float()) ** 2, region).mean()
 
 
 def error_ratios(e_w, e_l, r_w, r_l, mask: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -166,15 +166,19 @@ def test_resuming_gives_the_same_weights_as_one_run(tmp_path, models, pairs, aut
         assert float(read_metadata(config.output)["emplace.beta"]) != 1250.0
 
 
-def test_the_consistency_anchor_holds_the_prediction_outside_the_mask(tmp_path, pairs):
+def test_the_consistency_anchors_hold_the_prediction_outside_and_inside_the_mask(tmp_path, pairs):
     """The same run with and without the anchor: with it, the policy's error outside the mask stays
-    near the reference's (ratio 1); the held-out split, the ratios and the automatic beta are reported."""
+    near the reference's (ratio 1), and inside with the in-mask anchor; the held-out split, the
+    ratios and the automatic beta are reported."""
     common = dict(method="dpo", steps=20, batch=2, lr=3e-3, rank=4, seed=1, heldout=pairs, beta_target=0.3,
                   timestep_low=0.1, timestep_high=0.9)
     _, free = train(tmp_path / "free", TOY, pairs, consistency=0.0, **common)
     config, anchored = train(tmp_path / "anchored", TOY, pairs, consistency=100.0, sft_weight=1.0, **common)
-    drift = lambda history: sum(abs(h["winner_out"] - 1) for h in history[-10:]) / 10  # noqa: E731
+    drift = lambda history, where="out": sum(abs(h[f"winner_{where}"] - 1) for h in history[-10:]) / 10  # noqa: E731
     assert drift(anchored) < drift(free)
+    # the same anchor inside the mask holds the prediction there
+    _, held_in = train(tmp_path / "in_mask", TOY, pairs, consistency=0.0, consistency_in_mask=100.0, **common)
+    assert drift(held_in, "in") < drift(free, "in")
     # these pairs are learnt within a step or two (the factor falls below the target): the automatic beta falls
     assert anchored[-1]["beta"] < anchored[0]["beta"] == 1250.0
     report = json.loads((config.work / "eval.json").read_text())

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from emplace.preference.losses import (METHODS, AutoBeta, asap, asymmetric, commonality, differential_crop_boxes, dpo,
-                                       error_ratios, gradient_factor, mask_dpo, outside_consistency, weighted_mean)
+                                       error_ratios, gradient_factor, mask_dpo, reference_consistency, weighted_mean)
 
 
 def const(*values):
@@ -97,13 +97,15 @@ def test_the_preference_can_be_restricted_to_the_mask():
         assert within.delta.item() == pytest.approx(0.0), name
 
 
-def test_the_consistency_anchor_counts_only_pixels_outside_the_mask():
+def test_the_consistency_anchor_counts_only_pixels_of_its_region():
     mask = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
     pred, ref = torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)
-    pred[..., 0, 0] = 5.0  # inside the mask: free
-    assert outside_consistency(pred, ref, mask).item() == 0.0
+    pred[..., 0, 0] = 5.0  # inside the mask: free for the outside anchor
+    assert reference_consistency(pred, ref, 1 - mask).item() == 0.0
+    assert reference_consistency(pred, ref, mask).item() == pytest.approx(25.0)
     pred[..., 1, 1] = 3.0  # outside: (3^2) / 3 unmasked pixels
-    assert outside_consistency(pred, ref, mask).item() == pytest.approx(3.0)
+    assert reference_consistency(pred, ref, 1 - mask).item() == pytest.approx(3.0)
+    assert reference_consistency(pred, ref, mask).item() == pytest.approx(25.0)
 
 
 def test_error_ratios_split_inside_and_outside_the_mask():
