@@ -4,8 +4,8 @@ was not, and how large the objects are that both paint.
     python -m bench.preference_found runs/pref_strength/mask-dpo/seed0/lora.safetensors [more LoRAs] [--strengths 1 0.5]
 
 Scored on the sweep's 200 validation scenes (`demo --seed 1`, region masks, 25 steps, guidance 3), the
-LoRAs at each of --strengths (default 1). "found" needs a detection centred in the mask with the prompted colour and shape; for
-every scene the LoRA loses (and gains) this names what was detected there instead.
+LoRAs at each of --strengths (default 1). "found" needs a detection centred in the mask with the prompted
+colour and shape; for every scene the LoRA loses (and gains) this names what was detected there instead.
 """
 
 from __future__ import annotations
