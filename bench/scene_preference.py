@@ -88,6 +88,7 @@ SWEEP |= {
     "low-noise+warp+too_large": CONSISTENCY | {"timestep_high": 0.6, "loser_kinds": "warp,too_large"},
     # the shape loser (which keeps "found") with the kind that gains the most plausibility alone
     "wrong_shape+too_large": CONSISTENCY | {"loser_kinds": "wrong_shape,too_large"},
+    "low-noise+wrong_shape+too_large": CONSISTENCY | {"timestep_high": 0.6, "loser_kinds": "wrong_shape,too_large"},
 }
 # a trust region inside the mask too, against the drift inside it that costs PSNR (winner error / reference
 # 1.3 there for dpo)
