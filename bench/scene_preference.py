@@ -90,6 +90,13 @@ SWEEP |= {
     "wrong_shape+too_large": CONSISTENCY | {"loser_kinds": "wrong_shape,too_large"},
     "low-noise+wrong_shape+too_large": CONSISTENCY | {"timestep_high": 0.6, "loser_kinds": "wrong_shape,too_large"},
 }
+# the rest of the recipe, one setting at a time: warm-up, which layers, beta (1250 = diffusers' 2500)
+SWEEP |= {
+    "consistency+no-warmup": CONSISTENCY | {"warmup": 0},
+    "consistency+attention-only": CONSISTENCY | {"targets": "attention"},
+    "consistency+beta300": CONSISTENCY | {"beta": 300.0},
+    "consistency+beta5000": CONSISTENCY | {"beta": 5000.0},
+}
 # a trust region inside the mask too, against the drift inside it that costs PSNR (winner error / reference
 # 1.3 there for dpo)
 SWEEP |= {f"consistency+in-mask-anchor{w}": CONSISTENCY | {"consistency_in_mask": float(w)} for w in (10, 30, 100)}
