@@ -97,6 +97,13 @@ SWEEP |= {
     "consistency+beta300": CONSISTENCY | {"beta": 300.0},
     "consistency+beta5000": CONSISTENCY | {"beta": 5000.0},
 }
+# mask-dpo's object term (the winner's denoising loss on its object, weight lam = 1) as an anchor for the
+# other methods: mask-dpo is the one method that keeps PSNR
+SWEEP |= {
+    "consistency+object-sft": CONSISTENCY | {"sft_weight": 1.0, "sft_region": "object"},
+    "wrong_shape+too_large+object-sft": CONSISTENCY | {"loser_kinds": "wrong_shape,too_large", "sft_weight": 1.0,
+                                                       "sft_region": "object"},
+}
 # a trust region inside the mask too, against the drift inside it that costs PSNR (winner error / reference
 # 1.3 there for dpo)
 SWEEP |= {f"consistency+in-mask-anchor{w}": CONSISTENCY | {"consistency_in_mask": float(w)} for w in (10, 30, 100)}

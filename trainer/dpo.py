@@ -55,6 +55,8 @@ class DPOConfig(TrainingConfig):
     consistency_in_mask: float = setting(0.0, "anchor: the same inside the inpaint mask, a trust region where "
                                               "the preference acts", low=0.0)
     sft_weight: float = setting(0.0, "anchor: weight of the winner's plain denoising loss", low=0.0)
+    sft_region: str = setting("image", "where that loss is measured (object: the winner's object mask only, as "
+                                       "mask-dpo's object term, for any method)", choices=("image", "object"))
     preference_region: str = setting("image", "where the preference term is measured (mask: inside the inpaint "
                                               "mask only)", choices=("image", "mask"))
     timestep_low: float = setting(0.0, "timesteps are drawn uniformly from [low, high) of the training schedule",
@@ -255,11 +257,12 @@ def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, re
     inpaint = batch.get("inpaint")
     w_extra = l_extra = inpaint
     w_mask = l_mask = mask
+    w_object = batch["object"]
     if method.differential_crops:  # the winner and the loser through differently cropped views
         boxes = [losses.differential_crop_boxes(*loser.shape[-2:], g) for g in gens]
         crop = lambda x, which: torch.stack([crop_resize(x[i:i + 1], boxes[i][which])[0] for i in range(b)])  # noqa
         winners = torch.stack([crop_resize(winners[i], boxes[i][0]) for i in range(b)])
-        loser, w_mask, l_mask = crop(loser, 1), crop(mask, 0), crop(mask, 1)
+        loser, w_mask, l_mask, w_object = crop(loser, 1), crop(mask, 0), crop(mask, 1), crop(w_object, 0)
         if inpaint is not None:
             w_extra, l_extra = crop(inpaint, 0), crop(inpaint, 1)
     x0 = torch.cat([winners.flatten(0, 1), loser])
@@ -301,7 +304,8 @@ def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, re
     if config.consistency_in_mask:
         out.loss = out.loss + config.consistency_in_mask * losses.reference_consistency(pred, ref, masks_all)
     if config.sft_weight:
-        out.loss = out.loss + config.sft_weight * losses.weighted_mean(e_w[:, 0]).mean()
+        region = w_object if config.sft_region == "object" else None
+        out.loss = out.loss + config.sft_weight * losses.weighted_mean(e_w[:, 0], region).mean()
     out.diagnostics = {"gradient_factor": losses.gradient_factor(out.delta, beta).mean(),
                        **losses.error_ratios(e_w[:, 0], e_l, r_w[:, 0], r_l, w_mask)}
     return out

@@ -37,7 +37,8 @@ prediction where they agree):
 - the same over M (weight `consistency_in_mask`): a trust region where the preference acts, which
   holds back the drift winner and loser share (both errors growing keeps the margin) and leaves
   the part that differs between them to the preference;
-- the winner's plain denoising loss E(e_w) (`sft_weight`);
+- the winner's plain denoising loss E(e_w) (`sft_weight`), or over the winner's object only
+  (`sft_region = "object"`): mask-dpo's object term, lam * E_obj(e_w), for any method;
 - the preference restricted to the mask: every method's weight map multiplied by M.
 The preference term's gradient is beta * sigmoid(-beta * delta) times that of a per-pixel
 mean error (about 1250 * 0.25 at the default beta), so an anchor weighs the same as the

@@ -186,6 +186,22 @@ def test_the_consistency_anchors_hold_the_prediction_outside_and_inside_the_mask
     assert report["beta"] == pytest.approx(float(read_metadata(config.output)["emplace.beta"]))
 
 
+def test_the_object_anchor_is_mask_dpos_object_term_for_any_method(tmp_path, pairs):
+    """With the preference off (beta 0), dpo with `sft_region = "object"` trains exactly mask-dpo's weights
+    (its object term, lam = 1), and not those of the anchor over the whole image; asymmetric, which crops
+    the winner, crops the object mask with it."""
+    common = dict(steps=3, batch=2, lr=3e-3, rank=2, seed=1, beta=0.0, consistency=0.0)
+    mask_dpo, _ = train(tmp_path / "mask-dpo", TOY, pairs, method="mask-dpo", lam=1.0, **common)
+    on_object, _ = train(tmp_path / "object", TOY, pairs, method="dpo", sft_weight=1.0, sft_region="object", **common)
+    on_image, _ = train(tmp_path / "image", TOY, pairs, method="dpo", sft_weight=1.0, **common)
+    a, b, c = (load_lora(cfg.output).modules for cfg in (mask_dpo, on_object, on_image))
+    assert all(torch.allclose(a[n].up, b[n].up, atol=1e-6) for n in a)
+    assert not all(torch.allclose(a[n].up, c[n].up, atol=1e-6) for n in a)
+    _, history = train(tmp_path / "asymmetric", TOY, pairs, method="asymmetric", steps=2, batch=2, lr=1e-3, rank=2,
+                       sft_weight=1.0, sft_region="object")
+    assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
+
+
 def test_the_preference_restricted_to_the_mask_and_chosen_loser_kinds_train(tmp_path, pairs):
     config, history = train(tmp_path, TOY, pairs, method="mask-dpo", steps=2, batch=2, lr=1e-3, rank=2,
                             preference_region="mask", loser_kinds="noise")
