@@ -103,6 +103,7 @@ SWEEP |= {
     "consistency+object-sft": CONSISTENCY | {"sft_weight": 1.0, "sft_region": "object"},
     "wrong_shape+too_large+object-sft": CONSISTENCY | {"loser_kinds": "wrong_shape,too_large", "sft_weight": 1.0,
                                                        "sft_region": "object"},
+    "consistency+no-object-term": CONSISTENCY | {"lam": 0.0},  # mask-dpo: its preference off the object alone
 }
 # a trust region inside the mask too, against the drift inside it that costs PSNR (winner error / reference
 # 1.3 there for dpo)
