@@ -104,6 +104,7 @@ SWEEP |= {
     "wrong_shape+too_large+object-sft": CONSISTENCY | {"loser_kinds": "wrong_shape,too_large", "sft_weight": 1.0,
                                                        "sft_region": "object"},
     "consistency+no-object-term": CONSISTENCY | {"lam": 0.0},  # mask-dpo: its preference off the object alone
+    "wrong_shape+too_large+no-object-term": CONSISTENCY | {"loser_kinds": "wrong_shape,too_large", "lam": 0.0},
 }
 # a trust region inside the mask too, against the drift inside it that costs PSNR (winner error / reference
 # 1.3 there for dpo)
