@@ -101,8 +101,6 @@ SWEEP |= {
 # other methods: mask-dpo is the one method that keeps PSNR
 SWEEP |= {
     "consistency+object-sft": CONSISTENCY | {"sft_weight": 1.0, "sft_region": "object"},
-    "wrong_shape+too_large+object-sft": CONSISTENCY | {"loser_kinds": "wrong_shape,too_large", "sft_weight": 1.0,
-                                                       "sft_region": "object"},
     "consistency+no-object-term": CONSISTENCY | {"lam": 0.0},  # mask-dpo: its preference off the object alone
     "wrong_shape+too_large+no-object-term": CONSISTENCY | {"loser_kinds": "wrong_shape,too_large", "lam": 0.0},
 }

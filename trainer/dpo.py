@@ -262,7 +262,9 @@ def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, re
         boxes = [losses.differential_crop_boxes(*loser.shape[-2:], g) for g in gens]
         crop = lambda x, which: torch.stack([crop_resize(x[i:i + 1], boxes[i][which])[0] for i in range(b)])  # noqa
         winners = torch.stack([crop_resize(winners[i], boxes[i][0]) for i in range(b)])
-        loser, w_mask, l_mask, w_object = crop(loser, 1), crop(mask, 0), crop(mask, 1), crop(w_object, 0)
+        loser, w_mask, l_mask = crop(loser, 1), crop(mask, 0), crop(mask, 1)
+        if config.sft_weight and config.sft_region == "object":  # cropped only where the anchor reads it
+            w_object = crop(w_object, 0)
         if inpaint is not None:
             w_extra, l_extra = crop(inpaint, 0), crop(inpaint, 1)
     x0 = torch.cat([winners.flatten(0, 1), loser])
