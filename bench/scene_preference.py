@@ -104,6 +104,13 @@ SWEEP |= {
     "consistency+no-object-term": CONSISTENCY | {"lam": 0.0},  # mask-dpo: its preference off the object alone
     "wrong_shape+too_large+no-object-term": CONSISTENCY | {"loser_kinds": "wrong_shape,too_large", "lam": 0.0},
 }
+# the other half of mask-dpo, its preference measured off the object, for the other methods (for dpo it is
+# mask-dpo with lam 0)
+SWEEP |= {
+    "consistency+off-object": CONSISTENCY | {"preference_region": "off-object"},
+    "wrong_shape+too_large+off-object": CONSISTENCY | {"loser_kinds": "wrong_shape,too_large",
+                                                       "preference_region": "off-object"},
+}
 # a trust region inside the mask too, against the drift inside it that costs PSNR (winner error / reference
 # 1.3 there for dpo)
 SWEEP |= {f"consistency+in-mask-anchor{w}": CONSISTENCY | {"consistency_in_mask": float(w)} for w in (10, 30, 100)}

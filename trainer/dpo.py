@@ -58,7 +58,8 @@ class DPOConfig(TrainingConfig):
     sft_region: str = setting("image", "where that loss is measured (object: the winner's object mask only, as "
                                        "mask-dpo's object term, for any method)", choices=("image", "object"))
     preference_region: str = setting("image", "where the preference term is measured (mask: inside the inpaint "
-                                              "mask only)", choices=("image", "mask"))
+                                              "mask only; off-object: everywhere but the winner's object, where "
+                                              "mask-dpo measures it)", choices=("image", "mask", "off-object"))
     timestep_low: float = setting(0.0, "timesteps are drawn uniformly from [low, high) of the training schedule",
                                   low=0.0, high=1.0)
     timestep_high: float | None = setting(
@@ -109,9 +110,6 @@ class DPOConfig(TrainingConfig):
         if self.timestep_low >= self.timestep_high:
             problems.append(f"'timestep_low' ({self.timestep_low}) must be below 'timestep_high' "
                             f"({self.timestep_high})")
-        if self.method == "asymmetric" and self.preference_region == "mask":
-            problems.append("'preference_region' = \"mask\" does not apply to method 'asymmetric' (winner and loser "
-                            "are seen through different crops, so they share no mask)")
         if self.beta_target and self.method == "asap" and self.link == "target":
             problems.append("'beta_target' needs a sigmoid link; asap's 'target' link has no beta (set link = "
                             "\"sigmoid\")")
@@ -258,6 +256,7 @@ def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, re
     w_extra = l_extra = inpaint
     w_mask = l_mask = mask
     w_object = batch["object"]
+    within = {"image": None, "mask": mask, "off-object": 1 - w_object}[config.preference_region]
     if method.differential_crops:  # the winner and the loser through differently cropped views
         boxes = [losses.differential_crop_boxes(*loser.shape[-2:], g) for g in gens]
         crop = lambda x, which: torch.stack([crop_resize(x[i:i + 1], boxes[i][which])[0] for i in range(b)])  # noqa
@@ -265,6 +264,8 @@ def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, re
         loser, w_mask, l_mask = crop(loser, 1), crop(mask, 0), crop(mask, 1)
         if config.sft_weight and config.sft_region == "object":  # cropped only where the anchor reads it
             w_object = crop(w_object, 0)
+        if within is not None:  # each side's region through its own view
+            within = (crop(within, 0), crop(within, 1))
         if inpaint is not None:
             w_extra, l_extra = crop(inpaint, 0), crop(inpaint, 1)
     x0 = torch.cat([winners.flatten(0, 1), loser])
@@ -295,8 +296,8 @@ def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, re
     e_w, e_l = err[: b * k].unflatten(0, (b, k)), err[b * k:]
     r_w, r_l = ref_err[: b * k].unflatten(0, (b, k)), ref_err[b * k:]
     regions = {"mask": mask, "object": batch["object"]}
-    if config.preference_region == "mask":
-        regions["within"] = mask
+    if within is not None:
+        regions["within"] = within
     beta = config.beta if beta is None else beta
     settings = replace(config, beta=beta) if beta != config.beta else config
     out = method.loss(e_w, e_l, r_w, r_l, regions, settings)

@@ -39,7 +39,9 @@ prediction where they agree):
   the part that differs between them to the preference;
 - the winner's plain denoising loss E(e_w) (`sft_weight`), or over the winner's object only
   (`sft_region = "object"`): mask-dpo's object term, lam * E_obj(e_w), for any method;
-- the preference restricted to the mask: every method's weight map multiplied by M.
+- the preference restricted to a region (`preference_region`): every method's weight map multiplied
+  by M (the mask), or by 1 - M_obj (off the object: the winner's object kept out of the preference,
+  as mask-dpo does; dpo measured there with lam = 0 is mask-dpo without its object term).
 The preference term's gradient is beta * sigmoid(-beta * delta) times that of a per-pixel
 mean error (about 1250 * 0.25 at the default beta), so an anchor weighs the same as the
 preference at a weight in the hundreds, not at 1.
@@ -91,7 +93,11 @@ def weighted_mean(error: torch.Tensor, weight: torch.Tensor | None = None) -> to
 
 
 def margin(e_w, e_l, r_w, r_l, weight=None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    reduced = tuple(weighted_mean(e, weight) for e in (e_w, e_l, r_w, r_l))
+    """weight: one map for all four errors, or (the winner's, the loser's) where the two are seen
+    through different crops."""
+    w_weight, l_weight = weight if isinstance(weight, tuple) else (weight, weight)
+    reduced = (weighted_mean(e_w, w_weight), weighted_mean(e_l, l_weight), weighted_mean(r_w, w_weight),
+               weighted_mean(r_l, l_weight))
     pw, pl, rw, rl = reduced
     return -((pw - rw) - (pl - rl)), reduced
 
@@ -125,9 +131,10 @@ def mask_dpo(e_w, e_l, r_w, r_l, object_mask: torch.Tensor, beta: float = 1250.0
     return _finish(sigmoid_link(delta, beta) + lam * keep_object, delta, reduced)
 
 
-def asymmetric(e_w, e_l, r_w, r_l, beta: float = 1250.0) -> PreferenceLoss:
-    """The global preference term over whole (differently cropped) views."""
-    return dpo(e_w, e_l, r_w, r_l, beta)
+def asymmetric(e_w, e_l, r_w, r_l, beta: float = 1250.0, weight=None) -> PreferenceLoss:
+    """The global preference term over whole (differently cropped) views; weight, if any, is a pair of
+    maps, each cropped with its own view."""
+    return dpo(e_w, e_l, r_w, r_l, beta, weight)
 
 
 def commonality(e_ws, e_l, r_ws, r_l, beta: float = 1250.0, weight=None) -> PreferenceLoss:
@@ -235,12 +242,13 @@ METHODS: dict[str, Method] = {
         e_w[:, 0], e_l, r_w[:, 0], r_l, s.beta, regions.get("within"))),
     "mask-dpo": Method(lambda e_w, e_l, r_w, r_l, regions, s: mask_dpo(
         e_w[:, 0], e_l, r_w[:, 0], r_l, regions["object"], s.beta, s.lam, regions.get("within"))),
-    "asymmetric": Method(lambda e_w, e_l, r_w, r_l, regions, s: asymmetric(e_w[:, 0], e_l, r_w[:, 0], r_l, s.beta),
-                         differential_crops=True),
+    "asymmetric": Method(lambda e_w, e_l, r_w, r_l, regions, s: asymmetric(
+        e_w[:, 0], e_l, r_w[:, 0], r_l, s.beta, regions.get("within")), differential_crops=True),
     "commonality": Method(lambda e_w, e_l, r_w, r_l, regions, s: commonality(
         e_w, e_l, r_w, r_l, s.beta, regions.get("within")), all_winners=True),
     "asap": Method(lambda e_w, e_l, r_w, r_l, regions, s: asap(
         e_w[:, 0], e_l, r_w[:, 0], r_l, regions["mask"], s.alpha, s.tau, s.link, s.beta, regions.get("within"))),
 }
-"""regions["within"] (optional, [B, 1, H, W]) restricts the preference term to the inpaint mask; the
-asymmetric method sees winner and loser through different crops, so it has no common region."""
+"""regions["within"] (optional, [B, 1, H, W]) restricts the preference term to a region (the trainer's
+`preference_region`: the inpaint mask, or everything but the winner's object); for the asymmetric method,
+which sees winner and loser through different crops, it is a pair: the region cropped with each view."""

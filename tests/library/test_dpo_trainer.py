@@ -202,6 +202,23 @@ def test_the_object_anchor_is_mask_dpos_object_term_for_any_method(tmp_path, pai
     assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
 
 
+def test_the_preference_off_the_object_is_mask_dpos_preference_for_any_method(tmp_path, pairs):
+    """dpo with `preference_region = "off-object"` trains exactly mask-dpo's weights without its object
+    term (lam 0), and not those of dpo over the whole image; asymmetric crops the region with each view,
+    and it changes what asymmetric learns."""
+    common = dict(steps=3, batch=2, lr=3e-3, rank=2, seed=1, consistency=0.0)
+    runs = {name: train(tmp_path / name, TOY, pairs, **common, **settings)[0] for name, settings in {
+        "mask-dpo": dict(method="mask-dpo", lam=0.0),
+        "dpo-off": dict(method="dpo", preference_region="off-object"),
+        "dpo": dict(method="dpo"),
+        "asymmetric-off": dict(method="asymmetric", preference_region="off-object"),
+        "asymmetric": dict(method="asymmetric")}.items()}
+    up = {name: load_lora(cfg.output).modules for name, cfg in runs.items()}
+    same = lambda a, b: all(torch.allclose(up[a][n].up, up[b][n].up, atol=1e-6) for n in up[a])  # noqa: E731
+    assert same("mask-dpo", "dpo-off") and not same("dpo", "dpo-off")
+    assert not same("asymmetric", "asymmetric-off")
+
+
 def test_the_preference_restricted_to_the_mask_and_chosen_loser_kinds_train(tmp_path, pairs):
     config, history = train(tmp_path, TOY, pairs, method="mask-dpo", steps=2, batch=2, lr=1e-3, rank=2,
                             preference_region="mask", loser_kinds="noise")
@@ -236,10 +253,10 @@ def test_bad_config_and_data_are_reported_plainly(tmp_path, models, pairs):
     cfg.write_text(head + 'loser_kinds = "blur, noise"\n')
     r = run(cfg)
     assert r.returncode == 2 and "no pair in" in r.stderr and "has kind blur (its kinds: noise, static)" in r.stderr
-    cfg.write_text(head + 'method = "asymmetric"\npreference_region = "mask"\ntimestep_low = 0.9\ntimestep_high = 0.5\n')
+    cfg.write_text(head + 'method = "asap"\nbeta_target = 0.3\ntimestep_low = 0.9\ntimestep_high = 0.5\n')
     r = run(cfg)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "'timestep_low' (0.9) must be below 'timestep_high' (0.5)" in r.stderr and "does not apply to method 'asymmetric'" in r.stderr
+    assert "'timestep_low' (0.9) must be below 'timestep_high' (0.5)" in r.stderr and "needs a sigmoid link" in r.stderr
 
 
 def test_two_processes_average_their_gradients(tmp_path, pairs):
