@@ -338,6 +338,10 @@ def train(config: DPOConfig, resume: bool = False) -> int:
             if not (data_folder / "pairs.jsonl").is_file():
                 accelerator.print(f"Pick-a-Pic rows -> {data_folder}: {convert_pickapic(config.data, data_folder)}")
     pairs = select_loser_kinds(load_pairs(data_folder), config.loser_kinds, data_folder)  # every bad line first
+    if config.preference_region == "off-object" and not any(p.object_mask for p in pairs):
+        # without object masks the object is the region where winner and loser differ: nothing would be left
+        raise ConfigError(f"'preference_region' = \"off-object\" needs pairs with an \"object_mask\"; none in "
+                          f"{data_folder / 'pairs.jsonl'} has one")
     heldout_pairs = load_pairs(config.heldout) if config.heldout is not None else []
     with phase(f"loading {config.model}", main):
         backend = load_backend(config.model, config.resolution or None, config.model_config)

@@ -253,6 +253,15 @@ def test_bad_config_and_data_are_reported_plainly(tmp_path, models, pairs):
     cfg.write_text(head + 'loser_kinds = "blur, noise"\n')
     r = run(cfg)
     assert r.returncode == 2 and "no pair in" in r.stderr and "has kind blur (its kinds: noise, static)" in r.stderr
+    no_objects = tmp_path / "no_objects"
+    no_objects.mkdir()
+    for name in ("0w.png", "0l.png", "mask.png"):
+        (no_objects / name).write_bytes((pairs / name).read_bytes())
+    (no_objects / "pairs.jsonl").write_text('{"prompt": "x", "winner": "0w.png", "loser": "0l.png", "mask": "mask.png"}\n')
+    cfg.write_text(f'model = "{models["sd15"]}"\ndata = "{no_objects}"\noutput = "x.safetensors"\n'
+                   'preference_region = "off-object"\n')
+    r = run(cfg)
+    assert r.returncode == 2 and "'preference_region' = \"off-object\" needs pairs with an \"object_mask\"" in r.stderr
     cfg.write_text(head + 'method = "asap"\nbeta_target = 0.3\ntimestep_low = 0.9\ntimestep_high = 0.5\n')
     r = run(cfg)
     assert r.returncode == 2 and "Traceback" not in r.stderr
