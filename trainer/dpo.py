@@ -59,7 +59,8 @@ class DPOConfig(TrainingConfig):
                                        "mask-dpo's object term, for any method)", choices=("image", "object"))
     preference_region: str = setting("image", "where the preference term is measured (mask: inside the inpaint "
                                               "mask only; off-object: everywhere but the winner's object, where "
-                                              "mask-dpo measures it; for pairs with object masks)", choices=("image", "mask", "off-object"))
+                                              "mask-dpo measures it; for pairs with object masks)",
+                                     choices=("image", "mask", "off-object"))
     timestep_low: float = setting(0.0, "timesteps are drawn uniformly from [low, high) of the training schedule",
                                   low=0.0, high=1.0)
     timestep_high: float | None = setting(
