@@ -296,9 +296,7 @@ def preference_step(unet, backend, batch: dict, config: DPOConfig, step: int, re
     err = (pred.float() - target.float()) ** 2
     e_w, e_l = err[: b * k].unflatten(0, (b, k)), err[b * k:]
     r_w, r_l = ref_err[: b * k].unflatten(0, (b, k)), ref_err[b * k:]
-    regions = {"mask": mask, "object": batch["object"]}
-    if within is not None:
-        regions["within"] = within
+    regions = {"mask": mask, "object": batch["object"], "within": within}
     beta = config.beta if beta is None else beta
     settings = replace(config, beta=beta) if beta != config.beta else config
     out = method.loss(e_w, e_l, r_w, r_l, regions, settings)
